@@ -10,10 +10,13 @@ from vjepa.models.vit import VisionTransformer
 def pixel_decoder(encoder: VisionTransformer, embed_dim: int = 384, depth: int = 4, num_heads: int = 6,
                   num_mask_tokens: int = 2, **kwargs) -> Predictor:
     """A narrow ViT that reconstructs the pixels of each target tubelet (a Predictor with pixel output)."""
-    pixels = encoder.tubelet_size * encoder.patch_size**2 * encoder.in_chans
-    return Predictor(in_dim=encoder.embed_dim, out_dim=pixels, embed_dim=embed_dim, depth=depth,
+    return Predictor(in_dim=encoder.embed_dim, out_dim=pixels_per_token(encoder), embed_dim=embed_dim, depth=depth,
                      num_heads=num_heads, num_mask_tokens=num_mask_tokens, pos_embed=encoder.pos_embed_type,
                      uniform_power=encoder.uniform_power, **kwargs)
+
+
+def pixels_per_token(encoder: VisionTransformer) -> int:
+    return encoder.tubelet_size * encoder.patch_size**2 * encoder.in_chans
 
 
 def patchify(video: torch.Tensor, tubelet_size: int, patch_size: int) -> torch.Tensor:

@@ -88,6 +88,11 @@ class VisionTransformer(nn.Module):
         """Token grid of the clip size the model was built for."""
         return token_grid(self.num_frames, self.img_size, self.patch_size, self.tubelet_size)
 
+    def patch_embed_grid(self, x: torch.Tensor) -> tuple[int, int, int]:
+        """Token grid of an input [B, C, T, H, W] (or [B, C, H, W]) without embedding it."""
+        t, h, w = x.shape[-3:] if x.dim() == 5 else (1, *x.shape[-2:])
+        return token_grid(t, (h, w), self.patch_size, self.tubelet_size)
+
     def sincos_table(self, grid, device) -> torch.Tensor:
         key = (tuple(grid), str(device))
         if key not in self._pos_cache:

@@ -1,0 +1,79 @@
+"""Latent prediction: the student encoder sees the context, the predictor predicts a teacher's features
+of the whole clip at the target positions (layer-normed targets, L1).
+
+One class, two teachers:
+  - `salt`: a frozen teacher (e.g. the stage-1 pixel model), any size or width, always in eval mode;
+  - `vjepa`: the teacher is an EMA of the student (momentum schedule start -> end).
+The I-JEPA image case is `vjepa` on single-frame clips with I-JEPA masks.
+"""
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+
+from vjepa.methods.base import Method, layer_norm_targets
+from vjepa.models import gather_tokens
+from vjepa.train.optim import momentum_at
+
+
+class LatentPrediction(Method):
+    def __init__(self, encoder, predictor, teacher=None, ema=(0.998, 1.0), loss: str = "l1"):
+        super().__init__()
+        self.encoder, self.predictor = encoder, predictor
+        self.ema = tuple(ema) if teacher is None else None
+        self.name = "vjepa" if teacher is None else "salt"
+        if teacher is None:
+            teacher = copy.deepcopy(encoder)
+        for p in teacher.parameters():
+            p.requires_grad_(False)
+        self.teacher = teacher.eval()
+        if loss not in ("l1", "smooth_l1", "l2"):
+            raise ValueError(f"unknown latent loss {loss!r}; choose l1, smooth_l1 or l2")
+        self.loss_name = loss
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.teacher.eval()  # frozen or EMA, the teacher never runs in training mode (no drop path)
+        return self
+
+    def trained_modules(self):
+        return {"encoder": self.encoder, "predictor": self.predictor}
+
+    def saved_modules(self):
+        # a frozen teacher is a file of its own (the stage-1 checkpoint); an EMA teacher is training state
+        mods = self.trained_modules()
+        if self.ema is not None:
+            mods["target_encoder"] = self.teacher
+        return mods
+
+    def _distance(self, pred, target):
+        if self.loss_name == "l1":
+            return (pred - target).abs().mean()
+        if self.loss_name == "smooth_l1":
+            return F.smooth_l1_loss(pred, target)
+        return (pred - target).pow(2).mean()
+
+    def forward(self, video, masks):
+        with torch.no_grad():
+            targets = layer_norm_targets(self.teacher(video)).float()
+        grid = self.encoder.patch_embed_grid(video)
+        losses = []
+        for i, mask in enumerate(masks):
+            z = self.encoder(video, mask.context)
+            pred = self.predictor(z, mask.context, mask.target, grid, mask_index=i)
+            losses.append(self._distance(pred.float(), gather_tokens(targets, mask.target)))
+        loss = torch.stack(losses).mean()
+        return loss, {"loss": loss.detach()}
+
+    @torch.no_grad()
+    def after_step(self, step, total_steps):
+        if self.ema is None:
+            return {}
+        m = momentum_at(step, total_steps, *self.ema)
+        student = [p.detach() for p in self.encoder.parameters()]
+        teacher = list(self.teacher.parameters())
+        torch._foreach_mul_(teacher, m)
+        torch._foreach_add_(teacher, student, alpha=1 - m)
+        return {"momentum": m}

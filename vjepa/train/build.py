@@ -1,0 +1,85 @@
+"""Config -> models, method, masks. Model configs travel inside checkpoints so any stage's networks can
+be rebuilt from its file alone (the SALT student builds its teacher this way)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from vjepa.masks import build_masks
+from vjepa.methods import LatentPrediction, Method, PixelReconstruction
+from vjepa.models import Predictor, VisionTransformer, vit
+from vjepa.models.heads import pixels_per_token
+from vjepa.train.checkpoint import CheckpointError, load_file, load_state_strict
+
+
+def encoder_kwargs(cfg, size: str | None = None) -> dict:
+    m, d = cfg.model, cfg.data
+    kw = dict(size=size or m.size, img_size=d.crop_size, num_frames=d.frames_per_clip, patch_size=m.patch_size,
+              tubelet_size=m.tubelet_size, pos_embed=m.pos_embed, uniform_power=m.uniform_power,
+              rope_variant=m.rope_variant, drop_path_rate=m.drop_path_rate, grad_checkpointing=m.grad_checkpointing)
+    if size is None or size == m.size:  # explicit dims belong to the configured size only
+        kw.update({k: getattr(m, k) for k in ("embed_dim", "depth", "num_heads") if getattr(m, k) is not None})
+    return kw
+
+
+def build_encoder(kwargs: dict) -> VisionTransformer:
+    kwargs = dict(kwargs)
+    return vit(kwargs.pop("size"), **kwargs)
+
+
+def head_kwargs(head_cfg, encoder: VisionTransformer, out_dim: int | None, num_mask_tokens: int) -> dict:
+    return dict(in_dim=encoder.embed_dim, out_dim=out_dim, embed_dim=head_cfg.embed_dim, depth=head_cfg.depth,
+                num_heads=head_cfg.num_heads, num_mask_tokens=num_mask_tokens, pos_embed=encoder.pos_embed_type,
+                uniform_power=encoder.uniform_power, rope_variant=getattr(encoder.rope, "variant", "rotary"))
+
+
+def mask_generators(cfg, stage, encoder: VisionTransformer) -> list:
+    kind = stage.mask or cfg.mask.kind
+    kwargs = {"ratio": cfg.mask.ratio} if kind == "tube" else {}
+    return build_masks(kind, encoder.grid, **kwargs)
+
+
+def load_teacher(path: str | Path) -> VisionTransformer:
+    """The frozen encoder of a finished stage (its `final.pt`), rebuilt from the config stored with it."""
+    ckpt = load_file(path)
+    try:
+        kwargs, state = ckpt["model_configs"]["encoder"], ckpt["models"]["encoder"]
+    except (KeyError, TypeError):
+        raise CheckpointError(f"{path} is not a vjepa stage checkpoint (no model_configs/models 'encoder')")
+    teacher = build_encoder(kwargs)
+    load_state_strict(teacher, state, f"{path}: encoder")
+    return teacher
+
+
+def build_method(cfg, stage, teacher_file: str | Path | None = None) -> tuple[Method, dict, list]:
+    """Returns the method, the configs of the models it saves, and its mask generators."""
+    enc_kw = encoder_kwargs(cfg, stage.size)
+    encoder = build_encoder(enc_kw)
+    generators = mask_generators(cfg, stage, encoder)
+    configs = {"encoder": enc_kw}
+    if stage.method == "pixel":
+        dec_kw = head_kwargs(cfg.decoder, encoder, pixels_per_token(encoder), len(generators))
+        configs["decoder"] = dec_kw
+        return PixelReconstruction(encoder, Predictor(**dec_kw)), configs, generators
+    teacher = None
+    if stage.method == "salt":
+        teacher = load_teacher(teacher_file)
+        if (teacher.patch_size, teacher.tubelet_size) != (encoder.patch_size, encoder.tubelet_size):
+            raise ValueError(f"teacher {teacher_file} uses {teacher.tubelet_size}x{teacher.patch_size}^2 tubelets, "
+                             f"the student {encoder.tubelet_size}x{encoder.patch_size}^2: their tokens must align")
+    out_dim = teacher.embed_dim if teacher is not None else encoder.embed_dim
+    pred_kw = head_kwargs(cfg.predictor, encoder, out_dim, len(generators))
+    configs["predictor"] = pred_kw
+    if teacher is None:
+        configs["target_encoder"] = enc_kw
+    method = LatentPrediction(encoder, Predictor(**pred_kw), teacher=teacher, ema=stage.ema, loss=stage.loss)
+    return method, configs, generators
+
+
+def build_from_configs(configs: dict, states: dict) -> dict:
+    """Rebuild saved models (encoder / predictor / decoder / target_encoder) from a checkpoint, strictly."""
+    out = {}
+    for name, kw in configs.items():
+        model = build_encoder(kw) if name in ("encoder", "target_encoder") else Predictor(**kw)
+        load_state_strict(model, states[name], name)
+        out[name] = model
+    return out

@@ -1,0 +1,155 @@
+"""The typed schema of a training run. Hydra validates every config against it at start, so a misspelt
+key or a wrong type fails naming the key."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import List, Optional
+
+
+@dataclass
+class ModelConfig:
+    size: str = "tiny"  # tiny small base large huge giant gigantic
+    patch_size: int = 16
+    tubelet_size: int = 2
+    pos_embed: str = "sincos"  # sincos (V-JEPA 1) | rope (V-JEPA 2)
+    uniform_power: bool = True
+    rope_variant: str = "rotary"
+    drop_path_rate: float = 0.0
+    grad_checkpointing: bool = False
+    # optional overrides of the preset
+    embed_dim: Optional[int] = None
+    depth: Optional[int] = None
+    num_heads: Optional[int] = None
+
+
+@dataclass
+class HeadConfig:
+    """A narrow ViT head: the JEPA predictor or the pixel decoder."""
+    embed_dim: int = 384
+    depth: int = 12
+    num_heads: int = 12
+
+
+@dataclass
+class DataConfig:
+    root: str = "runs/embedded-data"  # the embedded dataset, generated here when train is empty
+    train: List[str] = field(default_factory=list)  # manifests; empty = the embedded dataset
+    weights: Optional[List[float]] = None
+    val: Optional[str] = None
+    frames_per_clip: int = 16
+    frame_step: Optional[int] = 1
+    fps: Optional[float] = None
+    duration: Optional[float] = None
+    crop_size: int = 64
+    batch_size: int = 16
+    num_workers: int = 2
+    backend: str = "decord"
+    max_consecutive_failures: int = 20
+
+
+@dataclass
+class MaskConfig:
+    kind: str = "multiblock"  # multiblock | tube | ijepa
+    ratio: float = 0.9  # tube only
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 6.25e-4
+    start_lr: float = 2e-4
+    final_lr: float = 1e-6
+    warmup_fraction: float = 0.1
+    weight_decay: float = 0.04
+    final_weight_decay: float = 0.4
+    betas: List[float] = field(default_factory=lambda: [0.9, 0.95])
+    clip_grad: Optional[float] = 0.02
+    accum_steps: int = 1
+
+
+@dataclass
+class StageConfig:
+    name: str = "student"
+    method: str = "salt"  # pixel | salt | vjepa
+    fraction: float = 1.0  # of experiment.total_steps
+    size: Optional[str] = None  # override model.size for this stage (e.g. a smaller teacher)
+    teacher: Optional[str] = None  # salt: an earlier stage's name, or a checkpoint file
+    mask: Optional[str] = None  # override mask.kind for this stage
+    loss: str = "l1"
+    ema: List[float] = field(default_factory=lambda: [0.998, 1.0])
+
+
+@dataclass
+class ProbeConfig:
+    enabled: bool = True
+    kind: str = "linear"  # linear probe on frozen mean-pooled features
+    epochs: int = 100
+
+
+@dataclass
+class ExperimentConfig:
+    name: str = "salt"
+    total_steps: int = 300
+    stages: List[StageConfig] = field(default_factory=lambda: [StageConfig()])
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
+
+
+@dataclass
+class LauncherConfig:
+    name: str = "local"
+
+
+@dataclass
+class TrainConfig:
+    run_dir: Optional[str] = None  # default: hydra's run dir (runs/<experiment>-<time>)
+    seed: int = 0
+    device: str = "auto"  # auto (CUDA if present) | cpu | cuda | cuda:N
+    resume: bool = True  # continue from the run dir's checkpoints when there are any
+    log_every: int = 10
+    checkpoint_every: int = 100
+    keep_every: Optional[int] = None  # also keep step_N.pt every this many steps
+    nonfinite: str = "stop"  # stop | skip
+    model: ModelConfig = field(default_factory=ModelConfig)
+    predictor: HeadConfig = field(default_factory=HeadConfig)
+    decoder: HeadConfig = field(default_factory=lambda: HeadConfig(embed_dim=192, depth=4, num_heads=6))
+    data: DataConfig = field(default_factory=DataConfig)
+    mask: MaskConfig = field(default_factory=MaskConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    experiment: ExperimentConfig = field(default_factory=ExperimentConfig)
+    launcher: LauncherConfig = field(default_factory=LauncherConfig)
+
+
+def check(cfg) -> None:
+    """Value checks the type schema cannot express; each error names the key."""
+    from vjepa.models import PRESETS
+
+    def fail(key, msg):
+        raise ValueError(f"config key {key}: {msg}")
+
+    if cfg.model.size not in PRESETS:
+        fail("model.size", f"{cfg.model.size!r} is not one of {list(PRESETS)}")
+    if cfg.model.pos_embed not in ("sincos", "rope"):
+        fail("model.pos_embed", f"{cfg.model.pos_embed!r} is not sincos or rope")
+    if cfg.mask.kind not in ("multiblock", "tube", "ijepa"):
+        fail("mask.kind", f"{cfg.mask.kind!r} is not multiblock, tube or ijepa")
+    if cfg.nonfinite not in ("stop", "skip"):
+        fail("nonfinite", f"{cfg.nonfinite!r} is not stop or skip")
+    if sum(x is not None for x in (cfg.data.frame_step, cfg.data.fps, cfg.data.duration)) != 1:
+        fail("data.frame_step/fps/duration", "set exactly one of them (the others null)")
+    names = []
+    for i, st in enumerate(cfg.experiment.stages):
+        key = f"experiment.stages[{i}]"
+        if st.method not in ("pixel", "salt", "vjepa"):
+            fail(f"{key}.method", f"{st.method!r} is not pixel, salt or vjepa")
+        if st.size is not None and st.size not in PRESETS:
+            fail(f"{key}.size", f"{st.size!r} is not one of {list(PRESETS)}")
+        if st.method == "salt" and not st.teacher:
+            fail(f"{key}.teacher", "a salt stage needs a teacher (an earlier stage's name or a checkpoint)")
+        if st.method == "salt" and st.teacher not in names and not st.teacher.endswith(".pt"):
+            fail(f"{key}.teacher", f"{st.teacher!r} is neither an earlier stage ({names}) nor a .pt file")
+        if not 0 < st.fraction <= 1:
+            fail(f"{key}.fraction", f"{st.fraction} is not in (0, 1]")
+        if st.name in names:
+            fail(f"{key}.name", f"stage name {st.name!r} is used twice")
+        names.append(st.name)
+    if cfg.optim.accum_steps < 1 or cfg.data.batch_size % cfg.optim.accum_steps:
+        fail("optim.accum_steps", f"must divide data.batch_size ({cfg.data.batch_size})")

@@ -1,0 +1,167 @@
+"""The one training loop. Every method (pixel, salt, vjepa) runs through `train_stage`, top to bottom:
+
+    build method + masks + loader + optimiser -> resume if a checkpoint exists -> for each step:
+    batch -> masks -> schedules -> forward/backward (micro-batches) -> finite check -> clip -> step
+    -> method.after_step (EMA) -> log -> checkpoint  ... -> final.pt (the models alone, for the next stage)
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+import zlib
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from vjepa.masks import Mask, MaskSampler
+from vjepa.train.build import build_method
+from vjepa.train.checkpoint import load_file, load_state_strict, rng_state, save_atomic, set_rng_state
+from vjepa.train.data import build_train_loader
+from vjepa.train.distributed import DistInfo, all_reduce_mean
+from vjepa.train.metrics import MetricsLogger
+from vjepa.train.optim import Schedule, build_optimizer
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteLoss(RuntimeError):
+    pass
+
+
+def stage_steps(cfg, stage) -> int:
+    return max(1, round(cfg.experiment.total_steps * stage.fraction))
+
+
+def stage_seed(cfg, stage) -> int:
+    return cfg.seed * 1000 + zlib.crc32(stage.name.encode()) % 1000
+
+
+def _micro_batches(video: torch.Tensor, masks: list[Mask], n: int):
+    size = video.shape[0] // n
+    for j in range(n):
+        sl = slice(j * size, (j + 1) * size)
+        yield video[sl], [Mask(m.context[sl], m.target[sl]) for m in masks]
+
+
+def train_stage(cfg, stage, stage_dir: Path, info: DistInfo, device: torch.device,
+                teacher_file: Path | None = None) -> dict:
+    """Train one stage to its step budget (resuming when `stage_dir` holds a checkpoint); returns its summary."""
+    stage_dir = Path(stage_dir)
+    ckpt_dir = stage_dir / "checkpoints"
+    final_path = stage_dir / "final.pt"
+    total = stage_steps(cfg, stage)
+    seed = stage_seed(cfg, stage)
+    torch.manual_seed(seed)  # model initialisation
+
+    method, model_configs, generators = build_method(cfg, stage, teacher_file)
+    method.to(device)
+    trained = method.trained_modules()
+    params = [p for m in trained.values() for p in m.parameters() if p.requires_grad]
+    optimizer = build_optimizer(list(trained.values()), cfg.optim.lr, cfg.optim.betas)
+    schedule = Schedule(total, cfg.optim.lr, cfg.optim.start_lr, cfg.optim.final_lr,
+                        round(total * cfg.optim.warmup_fraction), cfg.optim.weight_decay, cfg.optim.final_weight_decay)
+    masks = MaskSampler(generators, seed=seed, rank=info.rank, world_size=info.world_size)
+    loader = build_train_loader(cfg, stage, info, seed)
+
+    step, wall_before, last_loss = 0, 0.0, None
+    latest = ckpt_dir / "latest.pt"
+    if cfg.resume and latest.exists():
+        state = load_file(latest, trusted=True)
+        for name, module in method.saved_modules().items():
+            load_state_strict(module, state["models"][name], f"{latest}: {name}")
+        optimizer.load_state_dict(state["optimizer"])
+        masks.load_state_dict(state["masks"])
+        loader.load_state_dict(state["loader"])
+        set_rng_state(state["rng"])
+        step, wall_before, last_loss = state["step"], state.get("wall_seconds", 0.0), state.get("last_loss")
+        if info.is_main:
+            log.info("%s: resumed from %s at step %d", stage.name, latest, step)
+        if step >= total and final_path.exists():
+            return _summary(load_file(final_path), total)
+
+    def save(path: Path, wall: float, last_loss: float | None) -> None:
+        if not info.is_main:
+            return
+        save_atomic({
+            "step": step, "stage": stage.name, "method": stage.method, "wall_seconds": wall, "last_loss": last_loss,
+            "models": {n: m.state_dict() for n, m in method.saved_modules().items()},
+            "model_configs": model_configs, "optimizer": optimizer.state_dict(), "masks": masks.state_dict(),
+            "loader": loader.state_dict(), "rng": rng_state(),
+            "config": OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else None,
+        }, path)
+
+    model = DDP(method) if info.enabled else method
+    method.train()
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext())
+    logger = MetricsLogger(stage_dir, stage.name, total, step, enabled=info.is_main)
+    accum = cfg.optim.accum_steps
+    t_start = time.perf_counter()
+    window = []
+    data_iter = iter(loader)
+    try:
+        while step < total:
+            t0 = time.perf_counter()
+            batch = next(data_iter)
+            video = batch["video"].to(device, non_blocking=True)
+            batch_masks = [m.to(device) for m in masks(video.shape[0])]
+            t_data = time.perf_counter() - t0
+            lr, wd = schedule.apply(optimizer, step)
+            optimizer.zero_grad(set_to_none=True)
+            loss_sum = torch.zeros((), device=device)
+            for j, (v, ms) in enumerate(_micro_batches(video, batch_masks, accum)):
+                # DDP syncs gradients on the last micro-batch only
+                sync = nullcontext() if (j == accum - 1 or not info.enabled) else model.no_sync()
+                with sync, autocast:
+                    loss, _ = model(v, ms)
+                    (loss / accum).backward()
+                loss_sum += loss.detach() / accum
+            loss_value = all_reduce_mean(loss_sum, info).item()
+            if not math.isfinite(loss_value):
+                if cfg.nonfinite == "stop":
+                    raise NonFiniteLoss(
+                        f"stage {stage.name!r}: loss is {loss_value} at step {step}; stopping. The last good "
+                        f"checkpoint is {latest if latest.exists() else 'none (none written yet)'}; set "
+                        "nonfinite=skip to skip such steps instead, or lower optim.lr.")
+                log.warning("%s: non-finite loss at step %d, step skipped", stage.name, step)
+                optimizer.zero_grad(set_to_none=True)
+                step += 1
+                continue
+            grad_norm = None
+            if cfg.optim.clip_grad:
+                grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.optim.clip_grad).item()
+            optimizer.step()
+            extra = method.after_step(step, total)
+            step += 1
+            last_loss = loss_value
+            window.append(loss_value)
+            dt = time.perf_counter() - t0
+            logger.advance()
+            if step % cfg.log_every == 0 or step == total:
+                logger.log(step, {"loss": sum(window) / len(window), "lr": lr, "weight_decay": wd, "grad_norm": grad_norm,
+                                  "clips_per_s": video.shape[0] * info.world_size / dt, "data_wait_s": t_data,
+                                  "step_s": dt, **extra})
+                window = []
+            wall = wall_before + time.perf_counter() - t_start
+            if step % cfg.checkpoint_every == 0 or step == total:
+                save(latest, wall, last_loss)
+                if cfg.keep_every and step % cfg.keep_every == 0:
+                    save(ckpt_dir / f"step_{step}.pt", wall, last_loss)
+    finally:
+        logger.close()
+
+    wall = wall_before + time.perf_counter() - t_start
+    if info.is_main:
+        save_atomic({"format": "vjepa-stage", "stage": stage.name, "method": stage.method, "step": step,
+                     "wall_seconds": wall, "last_loss": last_loss, "model_configs": model_configs,
+                     "models": {n: m.state_dict() for n, m in method.saved_modules().items()}}, final_path)
+    skips = loader.skip_counts() if hasattr(loader, "skip_counts") else {}
+    return {"steps": step, "final_loss": last_loss, "wall_seconds": wall, "skipped": skips}
+
+
+def _summary(final: dict, total: int) -> dict:
+    return {"steps": final.get("step", total), "final_loss": final.get("last_loss"),
+            "wall_seconds": final.get("wall_seconds"), "skipped": {}}
