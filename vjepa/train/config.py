@@ -108,6 +108,7 @@ class TrainConfig:
     checkpoint_every: int = 100
     keep_every: Optional[int] = None  # also keep step_N.pt every this many steps
     nonfinite: str = "stop"  # stop | skip
+    stop_at_step: Optional[int] = None  # leave the run (checkpointed) once a stage reaches this step, as a preemption would
     model: ModelConfig = field(default_factory=ModelConfig)
     predictor: HeadConfig = field(default_factory=HeadConfig)
     decoder: HeadConfig = field(default_factory=lambda: HeadConfig(embed_dim=192, depth=4, num_heads=6))

@@ -38,11 +38,16 @@ def run_experiment(cfg, run_dir: str | Path) -> dict:
         if stage.method == "salt":
             teacher = finals.get(stage.teacher) or Path(stage.teacher)
         stages[stage.name] = train_stage(cfg, stage, run_dir / stage.name, info, device, teacher)
+        if not stages[stage.name]["complete"]:
+            if info.is_main:
+                log.info("stopped in stage %s at step %d (stop_at_step); rerun to resume", stage.name,
+                         stages[stage.name]["steps"])
+            return {"run_dir": str(run_dir), "stages": stages, "probe": {}, "complete": False}
         finals[stage.name] = run_dir / stage.name / "final.pt"
         if info.enabled:
             torch.distributed.barrier()  # the next stage reads this stage's final.pt
 
-    summary = {"run_dir": str(run_dir), "stages": stages, "probe": {}}
+    summary = {"run_dir": str(run_dir), "stages": stages, "probe": {}, "complete": True}
     if info.is_main:
         plot_losses({name: run_dir / name / "metrics.csv" for name in stages}, run_dir / "loss.png")
         if cfg.experiment.probe.enabled:

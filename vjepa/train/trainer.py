@@ -146,10 +146,13 @@ def train_stage(cfg, stage, stage_dir: Path, info: DistInfo, device: torch.devic
                                   "step_s": dt, **extra})
                 window = []
             wall = wall_before + time.perf_counter() - t_start
-            if step % cfg.checkpoint_every == 0 or step == total:
+            interrupted = cfg.stop_at_step is not None and step >= cfg.stop_at_step and step < total
+            if step % cfg.checkpoint_every == 0 or step == total or interrupted:
                 save(latest, wall, last_loss)
                 if cfg.keep_every and step % cfg.keep_every == 0:
                     save(ckpt_dir / f"step_{step}.pt", wall, last_loss)
+            if interrupted:
+                return {"steps": step, "final_loss": last_loss, "wall_seconds": wall, "complete": False}
     finally:
         logger.close()
 
@@ -159,9 +162,9 @@ def train_stage(cfg, stage, stage_dir: Path, info: DistInfo, device: torch.devic
                      "wall_seconds": wall, "last_loss": last_loss, "model_configs": model_configs,
                      "models": {n: m.state_dict() for n, m in method.saved_modules().items()}}, final_path)
     skips = loader.skip_counts() if hasattr(loader, "skip_counts") else {}
-    return {"steps": step, "final_loss": last_loss, "wall_seconds": wall, "skipped": skips}
+    return {"steps": step, "final_loss": last_loss, "wall_seconds": wall, "skipped": skips, "complete": True}
 
 
 def _summary(final: dict, total: int) -> dict:
     return {"steps": final.get("step", total), "final_loss": final.get("last_loss"),
-            "wall_seconds": final.get("wall_seconds"), "skipped": {}}
+            "wall_seconds": final.get("wall_seconds"), "skipped": {}, "complete": True}
