@@ -27,8 +27,10 @@ class Method(nn.Module):
         """Modules whose state a checkpoint keeps: the trained ones plus any state they update (EMA)."""
         return self.trained_modules()
 
-    def forward(self, video: torch.Tensor, masks: list[Mask]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Loss of a batch (video [B, C, T, H, W]; one Mask per mask generator) and named metrics."""
+    def forward(self, video: torch.Tensor, masks: list[Mask], captions: list[list[str]] | None = None
+                ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Loss of a batch (video [B, C, T, H, W]; one Mask per mask generator; each item's captions, which
+        only text-conditioned methods read) and named metrics."""
         raise NotImplementedError
 
     @torch.no_grad()

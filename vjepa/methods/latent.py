@@ -55,7 +55,7 @@ class LatentPrediction(Method):
             return F.smooth_l1_loss(pred, target)
         return (pred - target).pow(2).mean()
 
-    def forward(self, video, masks):
+    def forward(self, video, masks, captions=None):
         with torch.no_grad():
             targets = layer_norm_targets(self.teacher(video)).float()
         grid = self.encoder.patch_embed_grid(video)

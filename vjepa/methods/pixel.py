@@ -18,7 +18,7 @@ class PixelReconstruction(Method):
     def trained_modules(self):
         return {"encoder": self.encoder, "decoder": self.decoder}
 
-    def forward(self, video, masks):
+    def forward(self, video, masks, captions=None):
         targets = normalized_pixel_targets(video, self.encoder.tubelet_size, self.encoder.patch_size)
         grid = self.encoder.patch_embed_grid(video)
         losses = []

@@ -40,11 +40,11 @@ def stage_seed(cfg, stage) -> int:
     return cfg.seed * 1000 + zlib.crc32(stage.name.encode()) % 1000
 
 
-def _micro_batches(video: torch.Tensor, masks: list[Mask], n: int):
+def _micro_batches(video: torch.Tensor, masks: list[Mask], captions, n: int):
     size = video.shape[0] // n
     for j in range(n):
         sl = slice(j * size, (j + 1) * size)
-        yield video[sl], [Mask(m.context[sl], m.target[sl]) for m in masks]
+        yield video[sl], [Mask(m.context[sl], m.target[sl]) for m in masks], captions[sl] if captions else None
 
 
 def train_stage(cfg, stage, stage_dir: Path, info: DistInfo, device: torch.device,
@@ -112,11 +112,12 @@ def train_stage(cfg, stage, stage_dir: Path, info: DistInfo, device: torch.devic
             lr, wd = schedule.apply(optimizer, step)
             optimizer.zero_grad(set_to_none=True)
             loss_sum = torch.zeros((), device=device)
-            for j, (v, ms) in enumerate(_micro_batches(video, batch_masks, accum)):
+            micro = _micro_batches(video, batch_masks, batch.get("captions"), accum)
+            for j, (v, ms, caps) in enumerate(micro):
                 # DDP syncs gradients on the last micro-batch only
                 sync = nullcontext() if (j == accum - 1 or not info.enabled) else model.no_sync()
                 with sync, autocast:
-                    loss, _ = model(v, ms)
+                    loss, _ = model(v, ms, caps)
                     (loss / accum).backward()
                 loss_sum += loss.detach() / accum
             loss_value = all_reduce_mean(loss_sum, info).item()
