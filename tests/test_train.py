@@ -95,6 +95,28 @@ def test_image_case_and_smaller_teacher(embedded_data, tmp_path):
     assert student["predictor"]["proj.weight"].shape[0] == 192
 
 
+def test_teacher_and_initialisation_from_other_checkpoint_formats(embedded_data, tmp_path):
+    """A salt stage takes its frozen teacher from an exported file and its initial weights from a
+    Hugging Face folder, through vjepa.interop (strictly)."""
+    from vjepa.interop import export, load_pretrained
+
+    base = ["experiment=vjepa", "experiment.total_steps=2", "model.pos_embed=rope", "model.rope_variant=vjepa2"]
+    run_experiment(make_cfg(embedded_data, tmp_path / "src", *base), tmp_path / "src")
+    pre = load_pretrained(tmp_path / "src" / "student" / "final.pt", predictor=False)
+    export(tmp_path / "teacher.pt", pre.encoder, to="native")
+    export(tmp_path / "hf", pre.encoder, to="hf")
+    cfg = make_cfg(embedded_data, tmp_path / "salt", *base, "experiment.stages.0.method=salt",
+                   f"experiment.stages.0.teacher={tmp_path / 'teacher.pt'}", f"experiment.stages.0.init={tmp_path / 'hf'}",
+                   "optim.lr=0", "optim.start_lr=0", "optim.final_lr=0", "optim.weight_decay=0", "optim.final_weight_decay=0")
+    run_experiment(cfg, tmp_path / "salt")
+    student = final_state(tmp_path / "salt", "student")["encoder"]
+    for key, value in pre.encoder.state_dict().items():  # lr 0: the student is still its initialisation
+        assert torch.equal(student[key], value), key
+    with pytest.raises(ValueError, match="stages\\[0\\].teacher"):
+        schema.check(make_cfg(embedded_data, tmp_path / "x", *base, "experiment.stages.0.method=salt",
+                              f"experiment.stages.0.teacher={tmp_path / 'missing.pt'}"))
+
+
 def test_nonfinite_loss_stops_with_a_clear_message_or_skips(embedded_data, tmp_path):
     explode = ["experiment=vjepa", "experiment.total_steps=6", "optim.lr=1e30", "optim.start_lr=1e30",
                "optim.clip_grad=null", "checkpoint_every=1"]

@@ -161,9 +161,9 @@ def _load_ours(ckpt, fmt, *, checkpoint_key, with_predictor, num_heads, pred_num
         psd = ckpt["models"].get("predictor")
         pcfg, psd = (dict(pcfg), psd) if pcfg is not None and psd is not None else (None, None)
         pre_extra = {}
-    _check_override("num_heads", num_heads, cfg.get("num_heads"))
     cfg.update({k: v for k, v in dict(img_size=img_size, num_frames=num_frames).items() if v is not None})
     encoder, ignored, _ = instantiate("encoder", cfg, sd, f"encoder [{key}]", allow_missing, dtype)
+    _check_override("num_heads", num_heads, encoder.num_heads)
     predictor = None
     if with_predictor and pcfg is not None:
         _check_override("pred_num_heads", pred_num_heads, pcfg.get("num_heads"))

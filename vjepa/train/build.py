@@ -8,7 +8,7 @@ from vjepa.masks import build_masks
 from vjepa.methods import LatentPrediction, Method, PixelReconstruction
 from vjepa.models import Predictor, VisionTransformer, vit
 from vjepa.models.heads import pixels_per_token
-from vjepa.train.checkpoint import CheckpointError, load_file, load_state_strict
+from vjepa.train.checkpoint import CheckpointError, load_state_strict
 
 
 def encoder_kwargs(cfg, size: str | None = None) -> dict:
@@ -39,21 +39,24 @@ def mask_generators(cfg, stage, encoder: VisionTransformer) -> list:
 
 
 def load_teacher(path: str | Path) -> VisionTransformer:
-    """The frozen encoder of a finished stage (its `final.pt`), rebuilt from the config stored with it."""
-    ckpt = load_file(path)
-    try:
-        kwargs, state = ckpt["model_configs"]["encoder"], ckpt["models"]["encoder"]
-    except (KeyError, TypeError):
-        raise CheckpointError(f"{path} is not a vjepa stage checkpoint (no model_configs/models 'encoder')")
-    teacher = build_encoder(kwargs)
-    load_state_strict(teacher, state, f"{path}: encoder")
-    return teacher
+    """A frozen encoder from any checkpoint vjepa.interop reads: a finished stage's `final.pt` (its EMA
+    `target_encoder` if it has one, else `encoder`), our exports, official V-JEPA 1/2 files, or a Hugging
+    Face V-JEPA 2 folder. Strict: a key that does not fit is an error listing the keys."""
+    from vjepa.interop import load_pretrained
+
+    if not Path(path).exists():
+        raise CheckpointError(f"teacher checkpoint not found: {path}")
+    return load_pretrained(path, predictor=False).encoder
 
 
 def build_method(cfg, stage, teacher_file: str | Path | None = None) -> tuple[Method, dict, list]:
     """Returns the method, the configs of the models it saves, and its mask generators."""
     enc_kw = encoder_kwargs(cfg, stage.size)
     encoder = build_encoder(enc_kw)
+    if stage.init:
+        from vjepa.interop import load_into
+
+        load_into(encoder, stage.init)  # checks the architecture, then the keys, strictly
     generators = mask_generators(cfg, stage, encoder)
     configs = {"encoder": enc_kw}
     if stage.method == "pixel":
@@ -73,13 +76,3 @@ def build_method(cfg, stage, teacher_file: str | Path | None = None) -> tuple[Me
         configs["target_encoder"] = enc_kw
     method = LatentPrediction(encoder, Predictor(**pred_kw), teacher=teacher, ema=stage.ema, loss=stage.loss)
     return method, configs, generators
-
-
-def build_from_configs(configs: dict, states: dict) -> dict:
-    """Rebuild saved models (encoder / predictor / decoder / target_encoder) from a checkpoint, strictly."""
-    out = {}
-    for name, kw in configs.items():
-        model = build_encoder(kw) if name in ("encoder", "target_encoder") else Predictor(**kw)
-        load_state_strict(model, states[name], name)
-        out[name] = model
-    return out

@@ -3,6 +3,7 @@ key or a wrong type fails naming the key."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import List, Optional
 
 
@@ -72,7 +73,8 @@ class StageConfig:
     method: str = "salt"  # pixel | salt | vjepa
     fraction: float = 1.0  # of experiment.total_steps
     size: Optional[str] = None  # override model.size for this stage (e.g. a smaller teacher)
-    teacher: Optional[str] = None  # salt: an earlier stage's name, or a checkpoint file
+    teacher: Optional[str] = None  # salt: an earlier stage's name, or a checkpoint (ours, official V-JEPA 1/2, HF folder)
+    init: Optional[str] = None  # initialise the student encoder from a checkpoint (any format vjepa.interop reads)
     mask: Optional[str] = None  # override mask.kind for this stage
     loss: str = "l1"
     ema: List[float] = field(default_factory=lambda: [0.998, 1.0])
@@ -145,8 +147,10 @@ def check(cfg) -> None:
             fail(f"{key}.size", f"{st.size!r} is not one of {list(PRESETS)}")
         if st.method == "salt" and not st.teacher:
             fail(f"{key}.teacher", "a salt stage needs a teacher (an earlier stage's name or a checkpoint)")
-        if st.method == "salt" and st.teacher not in names and not st.teacher.endswith(".pt"):
-            fail(f"{key}.teacher", f"{st.teacher!r} is neither an earlier stage ({names}) nor a .pt file")
+        if st.method == "salt" and st.teacher not in names and not Path(st.teacher).exists():
+            fail(f"{key}.teacher", f"{st.teacher!r} is neither an earlier stage ({names}) nor an existing checkpoint")
+        if st.init and not Path(st.init).exists():
+            fail(f"{key}.init", f"checkpoint {st.init!r} not found")
         if not 0 < st.fraction <= 1:
             fail(f"{key}.fraction", f"{st.fraction} is not in (0, 1]")
         if st.name in names:
