@@ -212,3 +212,17 @@ def test_ddp_two_processes_match_one_process_with_the_double_batch(embedded_data
     for name in a:
         for key in a[name]:
             torch.testing.assert_close(a[name][key], b[name][key], atol=2e-5, rtol=1e-4, msg=f"{name}.{key}")
+
+
+def test_model_selection_correlates_loss_with_probe_over_checkpoints(embedded_data, tmp_path):
+    from vjepa.eval.selection import model_selection
+
+    run_experiment(make_cfg(embedded_data, tmp_path, "experiment=vjepa", "experiment.total_steps=3", "keep_every=1"),
+                   tmp_path)
+    out = model_selection(tmp_path, "student", window=1)
+    assert [p["step"] for p in out["points"]] == [1, 2, 3]
+    rows = (tmp_path / "student" / "metrics.csv").read_text().splitlines()[1:]
+    assert [p["loss"] for p in out["points"]] == [pytest.approx(float(r.split(",")[1])) for r in rows]
+    for label in ("digit", "direction", "speed", "mean"):
+        r = out["loss_vs_probe"][label]["pearson_r"]
+        assert r != r or -1.0 <= r <= 1.0  # nan when a probe accuracy did not change

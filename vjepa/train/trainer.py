@@ -152,8 +152,8 @@ def train_stage(cfg, stage, stage_dir: Path, info: DistInfo, device: torch.devic
             interrupted = preempted or (cfg.stop_at_step is not None and cfg.stop_at_step <= step < total)
             if step % cfg.checkpoint_every == 0 or step == total or interrupted:
                 save(latest, wall, last_loss)
-                if cfg.keep_every and step % cfg.keep_every == 0:
-                    save(ckpt_dir / f"step_{step}.pt", wall, last_loss)
+            if cfg.keep_every and step % cfg.keep_every == 0:
+                save(ckpt_dir / f"step_{step}.pt", wall, last_loss)
             if interrupted:
                 if info.is_main:
                     log.info("%s: checkpointed at step %d and stopping (%s)", stage.name, step,
