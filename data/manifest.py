@@ -207,3 +207,17 @@ def read_manifests(manifests, weights=None, label_keys: tuple[str, ...] = ()) ->
         raise ValueError(f"no readable items in {', '.join(map(str, manifests))} "
                          f"({len(problems)} bad rows, first: {problems[0] if problems else 'empty file'})")
     return MixedManifest(items, problems, sizes, weights)
+
+
+def items_from_image_folder(root: str | Path, extensions=(".jpg", ".jpeg", ".png", ".bmp", ".webp")) -> tuple[list[Item], list[str]]:
+    """Folder-per-class images (``root/<class>/<file>``): items labelled by sorted class name, and the class names."""
+    root = Path(root)
+    classes = sorted(d.name for d in root.iterdir() if d.is_dir())
+    if not classes:
+        raise ValueError(f"no class folders in {root}")
+    items = [Item(str(f.resolve()), {"label": k}, (), None, None, str(f))
+             for k, c in enumerate(classes) for f in sorted((root / c).rglob("*"))
+             if f.suffix.lower() in extensions]
+    if not items:
+        raise ValueError(f"no images with extensions {extensions} under {root}")
+    return items, classes

@@ -96,9 +96,14 @@ def encode_video(frames: np.ndarray, path: Path, codec: str = "h264", fps: int =
         stream = container.add_stream(encoder, rate=Fraction(fps, 1), options=options)
         stream.width, stream.height = frames.shape[2], frames.shape[1]
         stream.pix_fmt = "yuv420p"
-        stream.thread_count = 1
-        for array in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(array, format="rgb24")):
+        # the "threads" option alone is overridden by the context's auto thread count (0), which made
+        # x264 output differ run to run; one thread makes the bytes a pure function of the frames
+        stream.codec_context.thread_count = 1
+        stream.codec_context.thread_type = "SLICE"
+        for i, array in enumerate(frames):
+            frame = av.VideoFrame.from_ndarray(array, format="rgb24")
+            frame.pts = i
+            for packet in stream.encode(frame.reformat(format="yuv420p")):
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)

@@ -1,0 +1,158 @@
+"""Datasets: manifest items -> transformed clips, with bad items replaced and reported.
+
+``VideoDataset[key]`` takes ``key = (index, epoch, draw)`` (``draw`` = position of this sample in the
+epoch's global order; a plain ``int`` means ``(index, 0, index)``). All randomness of the sample --
+clip placement, crop, flip, and which item replaces a bad one -- is derived from
+``(seed, epoch, draw, index)``, never from the worker id or process state, so a resumed run and any
+``num_workers`` produce bit-identical batches.
+
+Images (``.jpg``, ``.png``, ...) are single-frame clips (T = 1) through the same path.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from data.clips import TooShort, clip_indices, frame_step_for
+from data.decoders import DecodeError, ReaderCache, check_file
+from data.manifest import Item
+from data.transforms import apply
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp"}
+
+
+@dataclass(frozen=True)
+class ClipSpec:
+    frames_per_clip: int = 16
+    frame_step: int | None = None   # exactly one of frame_step / fps / duration; none given means frame_step=4
+    fps: float | None = None
+    duration: float | None = None
+    num_clips: int = 1
+    short: str = "pad"              # "pad" (repeat last frame) or "skip" (count as a bad item)
+
+    def __post_init__(self):
+        given = sum(x is not None for x in (self.frame_step, self.fps, self.duration))
+        if given > 1:
+            raise ValueError("give exactly one of frame_step, fps, duration")
+        if given == 0:
+            object.__setattr__(self, "frame_step", 4)
+        if self.frames_per_clip < 1 or self.num_clips < 1:
+            raise ValueError("frames_per_clip and num_clips must be >= 1")
+
+
+def is_image(path: str) -> bool:
+    return Path(path).suffix.lower() in IMAGE_EXTENSIONS
+
+
+def read_image(path: str) -> np.ndarray:
+    """uint8 [1, H, W, 3]."""
+    from torchvision.io import ImageReadMode, decode_image
+
+    check_file(path)
+    try:
+        img = decode_image(path, mode=ImageReadMode.RGB)
+    except Exception as e:
+        raise DecodeError(path, "unreadable", f"{type(e).__name__}: {e}"[:200]) from None
+    return img.permute(1, 2, 0)[None].numpy()
+
+
+class Failure(tuple):
+    """(path, reason, detail) of one skipped item; a tuple so it collates and pickles cheaply."""
+
+    def __new__(cls, path: str, reason: str, detail: str = ""):
+        return super().__new__(cls, (path, reason, detail))
+
+
+class VideoDataset(torch.utils.data.Dataset):
+    def __init__(self, items: list[Item], transform, clip: ClipSpec = ClipSpec(), train: bool = True,
+                 seed: int = 0, backend: str = "decord", decoder_options: dict | None = None,
+                 max_consecutive_failures: int = 10):
+        self.items = list(items)
+        self.transform, self.clip, self.train, self.seed = transform, clip, train, seed
+        self.readers = ReaderCache(backend, **(decoder_options or {}))
+        self.max_consecutive_failures = max_consecutive_failures
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def _seeds(self, epoch: int, draw: int, index: int, attempt: int) -> np.ndarray:
+        ss = np.random.SeedSequence([self.seed, epoch, draw, index, attempt])
+        return ss.generate_state(1 + self.clip.num_clips, dtype=np.uint64)
+
+    def _frames(self, item: Item, rng: np.random.Generator | None) -> list[np.ndarray]:
+        if is_image(item.path):
+            return [read_image(item.path)] * self.clip.num_clips
+        reader = self.readers.get(item.path)
+        c = self.clip
+        step = frame_step_for(reader.fps, c.frames_per_clip, c.frame_step, c.fps, c.duration)
+        fps = reader.fps or 30.0
+        first = int(math.floor(item.start * fps)) if item.start is not None else 0
+        last = int(math.ceil(item.end * fps)) if item.end is not None else None
+        if first >= reader.num_frames:
+            raise DecodeError(item.path, "too_short", f"start {item.start}s is past the end ({reader.num_frames} frames)")
+        try:
+            clips = clip_indices(reader.num_frames, c.frames_per_clip, step, c.num_clips, rng, first, last, c.short)
+        except TooShort as e:
+            raise DecodeError(item.path, "too_short", str(e)) from None
+        try:
+            # one decoder call for all clips: frames shared between clips are decoded once
+            wanted = np.unique(np.concatenate(clips))
+            frames = reader.get_frames(wanted)
+        except DecodeError:
+            self.readers.forget(item.path)
+            raise
+        pos = {int(f): i for i, f in enumerate(wanted)}
+        return [frames[[pos[int(f)] for f in idx]] for idx in clips]
+
+    def load(self, index: int, epoch: int = 0, draw: int | None = None, attempt: int = 0) -> dict:
+        """One sample; raises DecodeError for a bad item."""
+        item = self.items[index]
+        seeds = self._seeds(epoch, index if draw is None else draw, index, attempt)
+        rng = np.random.default_rng(seeds[0]) if self.train else None
+        views = []
+        for c, frames in enumerate(self._frames(item, rng)):
+            frames = torch.from_numpy(np.ascontiguousarray(frames))
+            views += apply(self.transform, frames, int(seeds[1 + c] % 2**63) if self.train else None)
+        return {"video": views, "labels": dict(item.labels), "captions": list(item.captions),
+                "index": index, "path": item.path}
+
+    def __getitem__(self, key) -> dict:
+        index, epoch, draw = (key, 0, key) if isinstance(key, (int, np.integer)) else key
+        failures: list[Failure] = []
+        for attempt in range(self.max_consecutive_failures + 1):
+            try:
+                sample = self.load(index, epoch, draw, attempt)
+                sample["skipped"] = failures
+                return sample
+            except DecodeError as e:
+                failures.append(Failure(e.path, e.reason, e.detail))
+            except Exception as e:  # anything else about this item (odd frame sizes, ...): skip it, say why
+                failures.append(Failure(self.items[index].path, "error", f"{type(e).__name__}: {e}"[:200]))
+            # a replacement drawn from (seed, epoch, draw, attempt): the same on every worker layout
+            rng = np.random.default_rng(self._seeds(epoch, draw, index, attempt + 1)[0])
+            index = int(rng.integers(len(self.items)))
+        return {"failed": failures}
+
+
+def collate_clips(samples: list[dict]) -> dict:
+    """Stack samples into a batch; see loader.py for the layout."""
+    failed = [f for s in samples if "failed" in s for f in s["failed"]]
+    skipped = [f for s in samples for f in s.get("skipped", ())]
+    if failed:
+        return {"failed": failed, "skipped": skipped}
+    num_views = len(samples[0]["video"])
+    views = [torch.stack([s["video"][v] for s in samples]) for v in range(num_views)]
+    names = sorted({k for s in samples for k in s["labels"]})
+    labels = {k: torch.tensor([s["labels"].get(k, -1) for s in samples], dtype=torch.long) for k in names}
+    return {"video": views[0] if num_views == 1 else views, "labels": labels,
+            "captions": [s["captions"] for s in samples],
+            "index": torch.tensor([s["index"] for s in samples], dtype=torch.long),
+            "path": [s["path"] for s in samples], "skipped": skipped}

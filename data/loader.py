@@ -1,0 +1,230 @@
+"""``build_loader``: an exactly resumable, rank-sharded, bad-input-safe clip loader.
+
+Batches are dicts:
+- ``video``: float32 ``[B, C, T, H, W]`` (normalised). With several views per item (``num_clips > 1``
+  and/or ``eval_crops=3``) a list of such tensors, clip-major: ``[clip0crop0, clip0crop1, ..., clip1crop0, ...]``.
+- ``labels``: ``{name: LongTensor[B]}`` (``{}`` without labels; ``-1`` where an item lacks a label others have).
+- ``captions``: list (len B) of list[str]; ``index``: LongTensor[B] (dataset index); ``path``: list[str].
+- ``skipped``: list of ``(path, reason, detail)`` for items replaced while building this batch.
+
+Order: epoch ``e`` uses a permutation (or, with manifest weights, a weighted draw with replacement)
+seeded by ``(seed, e)``, padded to a multiple of ``world_size`` and sharded ``order[rank::world_size]``
+as ``DistributedSampler`` does. ``state_dict()`` = ``{epoch, batches_consumed}``; after
+``load_state_dict`` the next batch is the one an uninterrupted run would have produced next.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from data.dataset import ClipSpec, VideoDataset, collate_clips
+from data.manifest import Item, read_manifests, items_from_image_folder
+from data.transforms import build_transform
+
+log = logging.getLogger(__name__)
+
+
+class TooManyBadFiles(RuntimeError):
+    pass
+
+
+def epoch_order(num_items: int, epoch: int, seed: int, shuffle: bool, weights=None) -> np.ndarray:
+    """Global sample order of one epoch (before sharding)."""
+    g = torch.Generator().manual_seed(int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0]))
+    if weights is not None:
+        w = torch.as_tensor(weights, dtype=torch.double)
+        return torch.multinomial(w, num_items, replacement=True, generator=g).numpy()
+    if shuffle:
+        return torch.randperm(num_items, generator=g).numpy()
+    return np.arange(num_items)
+
+
+class _EpochBatches(torch.utils.data.Sampler):
+    """Batch sampler reading the loader's current (epoch, batches_consumed): yields lists of (index, epoch, draw)."""
+
+    def __init__(self, loader: "ClipLoader"):
+        self.loader = loader
+
+    def __iter__(self):
+        batches = self.loader._batches(self.loader.epoch)
+        yield from batches[self.loader.batches_consumed:]
+
+    def __len__(self) -> int:
+        return max(len(self.loader) - self.loader.batches_consumed, 0)
+
+
+class ClipLoader:
+    """Iterable over batches (see module doc). Iterating finishes the current epoch, then advances to the next."""
+
+    def __init__(self, dataset: VideoDataset, batch_size: int, shuffle: bool, drop_last: bool, seed: int,
+                 rank: int, world_size: int, weights=None, num_workers: int = 2, pin_memory: bool = False,
+                 persistent_workers: bool = True, prefetch_factor: int = 2, manifest_problems=(),
+                 worker_start: str = "forkserver", worker_timeout: float = 600.0):
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} not in [0, {world_size})")
+        self.dataset, self.batch_size, self.shuffle, self.drop_last = dataset, batch_size, shuffle, drop_last
+        self.seed, self.rank, self.world_size, self.weights = seed, rank, world_size, weights
+        self.manifest_problems = list(manifest_problems)
+        self.epoch, self.batches_consumed = 0, 0
+        self._skips: Counter = Counter()
+        self._bad_files: dict[str, str] = {}
+        self._logged: set[str] = set()
+        if len(self) == 0:
+            raise ValueError(f"{len(dataset)} items give no batch of {batch_size} on {world_size} rank(s)")
+        kw = {}
+        if num_workers > 0:
+            kw = dict(persistent_workers=persistent_workers, prefetch_factor=prefetch_factor,
+                      worker_init_fn=_seed_worker, multiprocessing_context=_worker_context(worker_start),
+                      timeout=worker_timeout)  # a stuck decoder becomes an error, not a hang
+        self._dl = torch.utils.data.DataLoader(dataset, batch_sampler=_EpochBatches(self), num_workers=num_workers,
+                                               collate_fn=collate_clips, pin_memory=pin_memory, **kw)
+
+    # ---- order -------------------------------------------------------------------------------
+    def _shard(self, epoch: int) -> list[tuple[int, int, int]]:
+        order = epoch_order(len(self.dataset), epoch, self.seed, self.shuffle, self.weights)
+        draws = np.arange(len(order))
+        total = -(-len(order) // self.world_size) * self.world_size
+        if total > len(order):  # pad by wrapping around, like DistributedSampler
+            extra = total - len(order)
+            order, draws = np.concatenate([order, order[:extra]]), np.concatenate([draws, draws[:extra]])
+        return [(int(i), epoch, int(d)) for i, d in zip(order[self.rank::self.world_size], draws[self.rank::self.world_size])]
+
+    def _batches(self, epoch: int) -> list[list[tuple[int, int, int]]]:
+        keys = self._shard(epoch)
+        n = len(keys) // self.batch_size if self.drop_last else -(-len(keys) // self.batch_size)
+        return [keys[b * self.batch_size:(b + 1) * self.batch_size] for b in range(n)]
+
+    def __len__(self) -> int:
+        per_rank = -(-len(self.dataset) // self.world_size)
+        return per_rank // self.batch_size if self.drop_last else -(-per_rank // self.batch_size)
+
+    # ---- resumable state ---------------------------------------------------------------------
+    def set_epoch(self, epoch: int) -> None:
+        """Select an epoch; a no-op when it is the current one (so a resumed mid-epoch position is kept)."""
+        if epoch != self.epoch:
+            self.epoch, self.batches_consumed = int(epoch), 0
+            self._skips.clear()
+            self._bad_files.clear()
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "batches_consumed": self.batches_consumed, "seed": self.seed,
+                "rank": self.rank, "world_size": self.world_size}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("seed", self.seed) != self.seed:
+            log.warning("loader state was saved with seed %s, this loader uses %s", state["seed"], self.seed)
+        self.epoch, self.batches_consumed = int(state["epoch"]), int(state["batches_consumed"])
+
+    # ---- skips -------------------------------------------------------------------------------
+    def skip_counts(self) -> dict:
+        """This epoch's skipped items: total, per reason, the bad files (path -> reason), and bad manifest rows."""
+        return {"skipped": sum(self._skips.values()), "by_reason": dict(self._skips),
+                "bad_files": dict(self._bad_files), "manifest_rows": len(self.manifest_problems)}
+
+    def _record(self, failures) -> None:
+        for path, reason, detail in failures:
+            self._skips[reason] += 1
+            self._bad_files[path] = reason
+            if path not in self._logged:  # once per file per process, not once per retry
+                self._logged.add(path)
+                log.warning("skipping %s: %s%s", path, reason, f" ({detail})" if detail else "")
+
+    # ---- iteration ---------------------------------------------------------------------------
+    def __iter__(self):
+        if self.batches_consumed >= len(self):  # finished epoch: move on
+            self.set_epoch(self.epoch + 1)
+        for batch in self._dl:
+            self._record(batch["skipped"])
+            if "failed" in batch:
+                files = sorted({f"{p} ({r}{': ' + d if d else ''})" for p, r, d in batch["failed"]})
+                raise TooManyBadFiles(
+                    f"{self.dataset.max_consecutive_failures + 1} consecutive items failed to load; "
+                    f"bad files:\n  " + "\n  ".join(files))
+            self.batches_consumed += 1
+            yield batch
+        self.set_epoch(self.epoch + 1)
+
+
+def _worker_context(method: str):
+    """Workers start from a clean forkserver by default, not a fork of the training process: a fork of a
+    process that has loaded decord and PyAV (two FFmpeg builds) segfaults or deadlocks in the child, and the
+    trainer may decode in-process (an eval loader with 0 workers) before building this one. The server
+    starts once per process; like ``spawn`` it needs the ``if __name__ == "__main__":`` guard in scripts."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context(method)
+    if method == "forkserver":
+        ctx.set_forkserver_preload(["torch", "data.dataset", "data.decoders", "data.transforms"])
+    return ctx
+
+
+def _seed_worker(worker_id: int) -> None:
+    # per-item randomness is seeded explicitly (dataset.py); this only keeps stray library RNG use distinct
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    import random
+
+    random.seed(seed)
+
+
+def _dist_rank_world(rank, world_size) -> tuple[int, int]:
+    if rank is None or world_size is None:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            return torch.distributed.get_rank(), torch.distributed.get_world_size()
+        return 0, 1
+    return int(rank), int(world_size)
+
+
+def build_loader(manifests=None, *, items: list[Item] | None = None, image_folder: str | Path | None = None,
+                 weights=None, label_keys=(), train: bool = True, batch_size: int = 8,
+                 frames_per_clip: int = 16, frame_step: int | None = None, fps: float | None = None,
+                 duration: float | None = None, num_clips: int = 1, short: str = "pad",
+                 size: int = 224, crop_scale=(0.3, 1.0), crop_ratio=(0.75, 1.35), flip: float = 0.5,
+                 eval_crops: int = 1, eval_resize_ratio: float = 256 / 224,
+                 backend: str = "decord", decoder_options: dict | None = None,
+                 num_workers: int = 2, pin_memory: bool | None = None, persistent_workers: bool = True,
+                 prefetch_factor: int = 2, seed: int = 0, rank: int | None = None, world_size: int | None = None,
+                 shuffle: bool | None = None, drop_last: bool | None = None,
+                 max_consecutive_failures: int = 10, worker_start: str = "forkserver",
+                 worker_timeout: float = 600.0) -> ClipLoader:
+    """Build a loader from manifest path(s) (with optional per-manifest ``weights``), ready ``items``, or an
+    ``image_folder`` (folder per class; images become T=1 clips).
+
+    ``train`` selects random clip placement + RandomResizedCrop/flip; otherwise evenly spaced clips and
+    resize + centre crop (``eval_crops=3``: three crops). ``shuffle``/``drop_last`` default to ``train``.
+    """
+    sources = sum(x is not None for x in (manifests, items, image_folder))
+    if sources != 1:
+        raise ValueError("give exactly one of manifests, items, image_folder")
+    problems = []
+    sample_weights = None
+    if manifests is not None:
+        mixed = read_manifests(manifests, weights, tuple(label_keys))
+        items, problems, sample_weights = mixed.items, mixed.problems, mixed.sample_weights()
+    elif image_folder is not None:
+        items, _ = items_from_image_folder(image_folder)
+    rank, world_size = _dist_rank_world(rank, world_size)
+    if train:
+        transform = build_transform(True, size, scale=tuple(crop_scale), ratio=tuple(crop_ratio), flip=flip)
+    else:
+        transform = build_transform(False, size, eval_crops=eval_crops)
+        if eval_crops == 1:
+            from data.transforms import eval_transform
+
+            transform = eval_transform(size, eval_resize_ratio)
+    decoder_options = dict(decoder_options or {})
+    if backend == "dali" and decoder_options.get("device") == "mixed":
+        num_workers, pin_memory = 0, False  # GPU frames: decode in the training process
+    clip = ClipSpec(frames_per_clip, frame_step, fps, duration, num_clips, short)
+    dataset = VideoDataset(items, transform, clip, train, seed, backend, decoder_options, max_consecutive_failures)
+    if pin_memory is None:
+        pin_memory = torch.cuda.is_available()
+    return ClipLoader(dataset, batch_size, train if shuffle is None else shuffle,
+                      train if drop_last is None else drop_last, seed, rank, world_size, sample_weights,
+                      num_workers, pin_memory, persistent_workers, prefetch_factor, problems,
+                      worker_start, worker_timeout)

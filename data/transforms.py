@@ -1,0 +1,82 @@
+"""Clip transforms on uint8 video tensors with torchvision.transforms.v2.
+
+Input: uint8 ``[T, H, W, C]`` (what the decoders return). Output: float32 ``[C, T, H, W]``
+normalised with ImageNet mean/std. All frames of a clip get the same crop and flip (v2 transforms
+draw one set of parameters per call for a ``tv_tensors.Video``).
+
+Randomness is drawn from torch's global generator inside ``torch.random.fork_rng`` seeded by the
+caller, so a clip's augmentation is a pure function of the seed it is given (see dataset.py) and the
+training process's own RNG is untouched.
+"""
+
+from __future__ import annotations
+
+import torch
+from torchvision import tv_tensors
+from torchvision.transforms import v2
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def _normalise():
+    return [v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+
+
+def train_transform(size: int = 224, scale=(0.3, 1.0), ratio=(0.75, 1.35), flip: float = 0.5) -> v2.Compose:
+    # crop/resize on uint8 (4x less memory traffic than float) before converting
+    return v2.Compose([v2.RandomResizedCrop(size, scale=scale, ratio=ratio, antialias=True),
+                       v2.RandomHorizontalFlip(flip), *_normalise()])
+
+
+def eval_transform(size: int = 224, resize_ratio: float = 256 / 224) -> v2.Compose:
+    return v2.Compose([v2.Resize(int(round(size * resize_ratio)), antialias=True), v2.CenterCrop(size),
+                       *_normalise()])
+
+
+class ThreeCrop:
+    """Evaluation views: resize the short side to ``size`` and take left/centre/right (or top/centre/bottom) crops."""
+
+    def __init__(self, size: int = 224):
+        self.size = size
+        self.resize = v2.Resize(size, antialias=True)
+        self.normalise = v2.Compose(_normalise())
+
+    def __call__(self, video: torch.Tensor) -> list[torch.Tensor]:
+        video = self.resize(video)
+        h, w = video.shape[-2:]
+        s = self.size
+        if w >= h:
+            boxes = [(0, (w - s) * k // 2) for k in range(3)]
+        else:
+            boxes = [((h - s) * k // 2, 0) for k in range(3)]
+        return [self.normalise(v2.functional.crop(video, top, left, s, s)) for top, left in boxes]
+
+
+def apply(transform, frames: torch.Tensor, seed: int | None = None) -> list[torch.Tensor]:
+    """uint8 [T, H, W, C] -> list of float32 [C, T, H, W] views (one, or three for ThreeCrop)."""
+    video = tv_tensors.Video(frames.permute(0, 3, 1, 2))  # [T, C, H, W]
+    # one clip is too small for intra-op threads: on a busy machine they cost 100x the work itself
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        if seed is None:
+            out = transform(video)
+        else:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                out = transform(video)
+    finally:
+        torch.set_num_threads(threads)
+    views = out if isinstance(out, list) else [out]
+    return [v.as_subclass(torch.Tensor).permute(1, 0, 2, 3).contiguous() for v in views]
+
+
+def build_transform(train: bool, size: int = 224, eval_crops: int = 1, **train_kw):
+    if train:
+        return train_transform(size, **train_kw)
+    if eval_crops == 3:
+        return ThreeCrop(size)
+    if eval_crops != 1:
+        raise ValueError(f"eval_crops must be 1 or 3, got {eval_crops}")
+    return eval_transform(size)
