@@ -35,6 +35,14 @@ def crossing_time(times: np.ndarray, values: np.ndarray, level: float) -> float:
     return float(t0 + (level - v0) * (t1 - t0) / (v1 - v0))
 
 
+def learning_time(times: np.ndarray, weights: np.ndarray, fixed_point: float, fraction: float = 0.5) -> float:
+    """Measured critical time of one feature, with the same conventions as ode.critical_time: inf when the
+    weight starts at or above its fixed point (it decays there, it is never learned)."""
+    if weights[0] >= fixed_point:
+        return math.inf
+    return crossing_time(times, weights, fraction * fixed_point)
+
+
 def _gd_learning_rate(total_time: float, max_lr: float, min_steps: int) -> float:
     # MAE learns in O(10) time units, deep JEPA in O(1000): a fixed lr is either too coarse or too slow.
     return min(max_lr, total_time / min_steps)
@@ -48,7 +56,7 @@ def simulate_features(objective: str, spec: FeatureSpec, depth: int, eps: float,
     run = train_gd(init_balanced(objective, spec.dim, depth, eps, seed=seed), x, y, lr, total_time)
     predicted = ode.integrate(objective, spec.lam, spec.sigma2, depth, eps, run["time"])
     fixed = np.array([ode.fixed_point_encoder(objective, r, depth) for r in spec.rho])
-    measured = [crossing_time(run["time"], run["weights"][:, i], 0.5 * fixed[i]) for i in range(spec.dim)]
+    measured = [learning_time(run["time"], run["weights"][:, i], fixed[i]) for i in range(spec.dim)]
     return {"lr": lr, "steps": int(round(total_time / lr)), "time": run["time"], "weights": run["weights"],
             "ode_weights": predicted, "critical_times": measured,
             "max_abs_deviation_from_ode": float(np.abs(run["weights"] - predicted).max()),
@@ -183,12 +191,12 @@ def generative_study(kind: str, depths=(1, 2, 3), eps: float = 0.005, n_samples:
     for objective in ode.OBJECTIVES:
         for depth in depths:
             predicted = ode.critical_times(objective, lam, sigma2, depth, eps)
-            horizon = 1.5 * float(predicted[np.isfinite(predicted)].max())
+            horizon = 1.25 * float(predicted[np.isfinite(predicted)].max())
             lr = _gd_learning_rate(horizon, gd_lr, 4000)
             net = init_balanced(objective, basis.shape[0], depth, eps, seed=seed)
             run = train_gd(net, xc, yc, lr, horizon, basis=basis, probe=semantic_share)
             fixed = [ode.fixed_point_encoder(objective, r, depth) for r in lam / sigma2]
-            measured = [crossing_time(run["time"], run["weights"][:, i], 0.5 * fixed[i]) for i in range(2)]
+            measured = [learning_time(run["time"], run["weights"][:, i], fixed[i]) for i in range(2)]
             first = "semantic" if measured[0] < measured[1] else "flicker"
             out["runs"][f"{objective}_L{depth}"] = {
                 "lr": lr, "critical_times_gd": measured, "critical_times_ode": predicted.tolist(),

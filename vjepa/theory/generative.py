@@ -1,6 +1,6 @@
 """Linear generative models of images where the nuisance is loud and the semantic factor is quiet.
 
-Pixels (an 8 x 8 image, D = 64) are a sum of three parts:
+Pixels (a 4 x 4 image, D = 16) are a sum of three parts:
   semantic factor s times a fixed template a (a ring, "the digit"): low variance, shared by both views;
   flicker f times the flat pattern b (global brightness):             high variance, barely shared;
   independent per-pixel noise of variance tau2:                        not shared at all.
@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-SIDE = 8
+SIDE = 4  # 4 x 4 pixels keeps the deep-JEPA runs (tens of thousands of GD steps) fast on a CPU
 CHAIN_LENGTH = 16
 
 
@@ -25,7 +25,7 @@ def patterns(side: int = SIDE) -> np.ndarray:
     """Columns: semantic template a (a centred ring), flicker pattern b (flat); orthonormal, shape [D, 2]."""
     yy, xx = np.mgrid[:side, :side] - (side - 1) / 2
     radius = np.hypot(yy, xx)
-    ring = np.exp(-((radius - side / 3) ** 2) / 1.0).ravel()
+    ring = np.exp(-((radius - side / 3) ** 2) / 0.5).ravel()
     flat = np.ones(side * side)
     flat /= np.linalg.norm(flat)
     ring -= ring @ flat * flat  # orthogonal to the flicker direction, so the two are separate features
@@ -35,8 +35,8 @@ def patterns(side: int = SIDE) -> np.ndarray:
 @dataclass(frozen=True)
 class PixelModel:
     kind: str  # "static" or "temporal"
-    semantic_var: float = 0.6
-    flicker_var: float = 5.0
+    semantic_var: float = 0.8
+    flicker_var: float = 6.0
     flicker_corr: float = 0.16  # static: corr(f, f') across views; temporal: AR(1) persistence of f
     semantic_corr: float = 1.0  # static: 1 (same object in both views); temporal: AR(1) persistence of s
     pixel_noise_var: float = 0.05
@@ -50,7 +50,7 @@ class PixelModel:
         return {"lam": lam, "sigma2": sigma2, "rho": lam / sigma2}
 
     def sample(self, n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-        """n pairs (x, y) of flattened images, shape [n, 64] each."""
+        """n pairs (x, y) of flattened images, shape [n, SIDE * SIDE] each."""
         rng = np.random.default_rng(seed)
         basis = patterns()
         d = basis.shape[0]
