@@ -53,15 +53,15 @@ def is_image(path: str) -> bool:
 
 
 def read_image(path: str) -> np.ndarray:
-    """uint8 [1, H, W, 3]."""
-    from torchvision.io import ImageReadMode, decode_image
+    """uint8 [1, H, W, 3] (Pillow: torchvision's image decoding is deprecated)."""
+    from PIL import Image
 
     check_file(path)
     try:
-        img = decode_image(path, mode=ImageReadMode.RGB)
+        with Image.open(path) as img:
+            return np.asarray(img.convert("RGB"))[None]
     except Exception as e:
         raise DecodeError(path, "unreadable", f"{type(e).__name__}: {e}"[:200]) from None
-    return img.permute(1, 2, 0)[None].numpy()
 
 
 class Failure(tuple):
@@ -119,7 +119,8 @@ class VideoDataset(torch.utils.data.Dataset):
         rng = np.random.default_rng(seeds[0]) if self.train else None
         views = []
         for c, frames in enumerate(self._frames(item, rng)):
-            frames = torch.from_numpy(np.ascontiguousarray(frames))
+            if isinstance(frames, np.ndarray):  # DALI mixed returns CUDA tensors already
+                frames = torch.from_numpy(np.ascontiguousarray(frames))
             views += apply(self.transform, frames, int(seeds[1 + c] % 2**63) if self.train else None)
         return {"video": views, "labels": dict(item.labels), "captions": list(item.captions),
                 "index": index, "path": item.path}

@@ -71,8 +71,9 @@ class ClipLoader:
         self.seed, self.rank, self.world_size, self.weights = seed, rank, world_size, weights
         self.manifest_problems = list(manifest_problems)
         self.epoch, self.batches_consumed = 0, 0
-        self._skips: Counter = Counter()
-        self._bad_files: dict[str, str] = {}
+        self._skips: dict[int, Counter] = {}          # epoch -> reason -> count
+        self._bad_files: dict[int, dict[str, str]] = {}  # epoch -> path -> reason
+        self._last_epoch = 0                            # epoch of the last batch handed out
         self._logged: set[str] = set()
         if len(self) == 0:
             raise ValueError(f"{len(dataset)} items give no batch of {batch_size} on {world_size} rank(s)")
@@ -108,8 +109,6 @@ class ClipLoader:
         """Select an epoch; a no-op when it is the current one (so a resumed mid-epoch position is kept)."""
         if epoch != self.epoch:
             self.epoch, self.batches_consumed = int(epoch), 0
-            self._skips.clear()
-            self._bad_files.clear()
 
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "batches_consumed": self.batches_consumed, "seed": self.seed,
@@ -121,15 +120,20 @@ class ClipLoader:
         self.epoch, self.batches_consumed = int(state["epoch"]), int(state["batches_consumed"])
 
     # ---- skips -------------------------------------------------------------------------------
-    def skip_counts(self) -> dict:
-        """This epoch's skipped items: total, per reason, the bad files (path -> reason), and bad manifest rows."""
-        return {"skipped": sum(self._skips.values()), "by_reason": dict(self._skips),
-                "bad_files": dict(self._bad_files), "manifest_rows": len(self.manifest_problems)}
+    def skip_counts(self, epoch: int | None = None) -> dict:
+        """Skipped items of ``epoch`` (default: the epoch of the last batch handed out, so after a finished
+        epoch its summary): total, per reason, the bad files (path -> reason), and bad manifest rows."""
+        epoch = self._last_epoch if epoch is None else epoch
+        skips = self._skips.get(epoch, Counter())
+        return {"epoch": epoch, "skipped": sum(skips.values()), "by_reason": dict(skips),
+                "bad_files": dict(self._bad_files.get(epoch, {})), "manifest_rows": len(self.manifest_problems)}
 
     def _record(self, failures) -> None:
+        skips = self._skips.setdefault(self.epoch, Counter())
+        bad_files = self._bad_files.setdefault(self.epoch, {})
         for path, reason, detail in failures:
-            self._skips[reason] += 1
-            self._bad_files[path] = reason
+            skips[reason] += 1
+            bad_files[path] = reason
             if path not in self._logged:  # once per file per process, not once per retry
                 self._logged.add(path)
                 log.warning("skipping %s: %s%s", path, reason, f" ({detail})" if detail else "")
@@ -146,6 +150,7 @@ class ClipLoader:
                     f"{self.dataset.max_consecutive_failures + 1} consecutive items failed to load; "
                     f"bad files:\n  " + "\n  ".join(files))
             self.batches_consumed += 1
+            self._last_epoch = self.epoch
             yield batch
         self.set_epoch(self.epoch + 1)
 

@@ -29,7 +29,8 @@ class OpenClipartMissing(FileNotFoundError):
 
 
 def check_installed(root: Path = DEFAULT_ROOT) -> None:
-    missing = [f"{root / kind} (Debian package openclipart-{kind})" for kind in ("png", "svg") if not (root / kind).is_dir()]
+    missing = [f"{root / kind} (Debian package openclipart-{kind})" for kind in ("png", "svg")
+               if not (root / kind).is_dir()]
     if missing:
         raise OpenClipartMissing(f"openclipart not found: {', '.join(missing)}. Install it with: {APT_COMMAND}")
 

@@ -87,19 +87,18 @@ def _render_clip(sprite: np.ndarray, rng: np.random.Generator, frames: int, size
 def encode_video(frames: np.ndarray, path: Path, codec: str = "h264", fps: int = 30) -> None:
     """Write uint8 [T, H, W, 3] frames as a real encoded file (single-threaded, deterministic)."""
     encoder, _ = CODECS[codec]
-    options = {"threads": "1"}
+    options = {}
     if codec == "h264":
-        options.update(preset="veryfast", crf="18")
+        # psy and mb-tree rate control made x264's bytes differ run to run (float paths) even single-threaded
+        options.update(preset="veryfast", crf="18", **{"x264-params": "psy=0:mbtree=0"})
     else:
         options.update(crf="24", **{"b": "0", "deadline": "realtime", "cpu-used": "8", "row-mt": "0"})
     with av.open(str(path), mode="w") as container:
         stream = container.add_stream(encoder, rate=Fraction(fps, 1), options=options)
         stream.width, stream.height = frames.shape[2], frames.shape[1]
         stream.pix_fmt = "yuv420p"
-        # the "threads" option alone is overridden by the context's auto thread count (0), which made
-        # x264 output differ run to run; one thread makes the bytes a pure function of the frames
+        # one encoder thread, set on the context (the auto thread count also changes the bytes)
         stream.codec_context.thread_count = 1
-        stream.codec_context.thread_type = "SLICE"
         for i, array in enumerate(frames):
             frame = av.VideoFrame.from_ndarray(array, format="rgb24")
             frame.pts = i

@@ -1,7 +1,10 @@
 """Clip transforms on uint8 video tensors with torchvision.transforms.v2.
 
 Input: uint8 ``[T, H, W, C]`` (what the decoders return). Output: float32 ``[C, T, H, W]``
-normalised with ImageNet mean/std. All frames of a clip get the same crop and flip (v2 transforms
+normalised with ImageNet mean/std. Geometry (crop, resize, flip) runs in torchvision v2 on uint8;
+conversion + normalisation + the move to ``[C, T, H, W]`` are fused into one pass (:func:`to_normalised_cthw`):
+v2's ToDtype, Normalize and a permute-copy were three full passes over the float clip and cost more
+than decoding. All frames of a clip get the same crop and flip (v2 transforms
 draw one set of parameters per call for a ``tv_tensors.Video``).
 
 Randomness is drawn from torch's global generator inside ``torch.random.fork_rng`` seeded by the
@@ -19,19 +22,25 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def _normalise():
-    return [v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+_SCALE = torch.tensor([1 / (255 * s) for s in IMAGENET_STD]).view(3, 1, 1, 1)
+_SHIFT = torch.tensor([-m / s for m, s in zip(IMAGENET_MEAN, IMAGENET_STD)]).view(3, 1, 1, 1)
+
+
+def to_normalised_cthw(video: torch.Tensor) -> torch.Tensor:
+    """uint8 [T, C, H, W] -> float32 [C, T, H, W], (x / 255 - mean) / std: equal to v2.ToDtype + v2.Normalize."""
+    out = torch.empty((video.shape[1], video.shape[0], *video.shape[2:]), dtype=torch.float32, device=video.device)
+    out.copy_(video.permute(1, 0, 2, 3))  # converts and transposes in one pass
+    return out.mul_(_SCALE.to(video.device)).add_(_SHIFT.to(video.device))
 
 
 def train_transform(size: int = 224, scale=(0.3, 1.0), ratio=(0.75, 1.35), flip: float = 0.5) -> v2.Compose:
     # crop/resize on uint8 (4x less memory traffic than float) before converting
     return v2.Compose([v2.RandomResizedCrop(size, scale=scale, ratio=ratio, antialias=True),
-                       v2.RandomHorizontalFlip(flip), *_normalise()])
+                       v2.RandomHorizontalFlip(flip)])
 
 
 def eval_transform(size: int = 224, resize_ratio: float = 256 / 224) -> v2.Compose:
-    return v2.Compose([v2.Resize(int(round(size * resize_ratio)), antialias=True), v2.CenterCrop(size),
-                       *_normalise()])
+    return v2.Compose([v2.Resize(int(round(size * resize_ratio)), antialias=True), v2.CenterCrop(size)])
 
 
 class ThreeCrop:
@@ -40,7 +49,6 @@ class ThreeCrop:
     def __init__(self, size: int = 224):
         self.size = size
         self.resize = v2.Resize(size, antialias=True)
-        self.normalise = v2.Compose(_normalise())
 
     def __call__(self, video: torch.Tensor) -> list[torch.Tensor]:
         video = self.resize(video)
@@ -50,7 +58,7 @@ class ThreeCrop:
             boxes = [(0, (w - s) * k // 2) for k in range(3)]
         else:
             boxes = [((h - s) * k // 2, 0) for k in range(3)]
-        return [self.normalise(v2.functional.crop(video, top, left, s, s)) for top, left in boxes]
+        return [v2.functional.crop(video, top, left, s, s) for top, left in boxes]
 
 
 def apply(transform, frames: torch.Tensor, seed: int | None = None) -> list[torch.Tensor]:
@@ -69,7 +77,7 @@ def apply(transform, frames: torch.Tensor, seed: int | None = None) -> list[torc
     finally:
         torch.set_num_threads(threads)
     views = out if isinstance(out, list) else [out]
-    return [v.as_subclass(torch.Tensor).permute(1, 0, 2, 3).contiguous() for v in views]
+    return [to_normalised_cthw(v.as_subclass(torch.Tensor)) for v in views]
 
 
 def build_transform(train: bool, size: int = 224, eval_crops: int = 1, **train_kw):

@@ -1,0 +1,155 @@
+"""build_loader: batch layout, exact resume, worker/rank independence, bad input, images, eval views."""
+
+import json
+import logging
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from data.loader import TooManyBadFiles, build_loader
+from data.synthetic import generate
+
+CLIP = dict(batch_size=4, size=32, frames_per_clip=4, frame_step=2)
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    return generate(tmp_path_factory.mktemp("syn"), num_videos=30, seed=0)
+
+
+def _videos(loader, n=None):
+    out = []
+    for b in loader:
+        out.append((b["video"].clone(), b["index"].clone()))
+        if n and len(out) == n:
+            break
+    return out
+
+
+def test_batch_layout(root):
+    loader = build_loader(root / "train.jsonl", num_workers=0, **CLIP)
+    b = next(iter(loader))
+    assert b["video"].shape == (4, 3, 4, 32, 32) and b["video"].dtype == torch.float32
+    assert abs(b["video"].mean().item()) < 1.5 and b["video"].std().item() > 0.3  # normalised
+    assert set(b["labels"]) == {"digit", "direction", "speed"}
+    assert all(v.dtype == torch.long and v.shape == (4,) for v in b["labels"].values())
+    rows = [json.loads(line) for line in (root / "train.jsonl").read_text().splitlines()]
+    for i, caps, path, d in zip(b["index"].tolist(), b["captions"], b["path"], b["labels"]["digit"].tolist()):
+        assert caps == rows[i]["captions"] and path == str(root / rows[i]["path"]) and d == rows[i]["labels"]["digit"]
+    assert len(loader) == 24 // 4 and loader.state_dict()["batches_consumed"] == 1
+
+
+def test_resume_is_exact_and_workers_do_not_matter(root):
+    full = build_loader(root / "train.jsonl", num_workers=0, seed=5, **CLIP)
+    epoch0, epoch1 = _videos(full), _videos(full)
+    assert len(epoch0) == 6 and not torch.equal(epoch0[0][1], epoch1[0][1])  # reshuffled per epoch
+    # interrupted after 3 batches of epoch 1, restored into a fresh loader with 2 workers
+    first = build_loader(root / "train.jsonl", num_workers=0, seed=5, **CLIP)
+    _videos(first)
+    _videos(first, 3)
+    state = first.state_dict()
+    assert state["epoch"] == 1 and state["batches_consumed"] == 3
+    resumed = build_loader(root / "train.jsonl", num_workers=2, seed=5, **CLIP)
+    resumed.load_state_dict(state)
+    resumed.set_epoch(1)  # a trainer's per-epoch call must not rewind the restored position
+    rest = _videos(resumed)
+    assert len(rest) == 3
+    for (v, i), (w, j) in zip(rest, epoch1[3:]):
+        assert torch.equal(i, j) and torch.equal(v, w)  # bit-identical despite 2 workers
+    assert resumed.state_dict() == {**state, "epoch": 2, "batches_consumed": 0}
+
+
+def test_ranks_shard_the_epoch(root):
+    shards = [build_loader(root / "train.jsonl", num_workers=0, rank=r, world_size=2, **{**CLIP, "batch_size": 3})
+              for r in range(2)]
+    got = [torch.cat([b["index"] for b in s]).tolist() for s in shards]
+    assert len(got[0]) == len(got[1]) == 12 and not set(got[0]) & set(got[1])
+    assert sorted(got[0] + got[1]) == list(range(24))
+
+
+def test_eval_views_and_determinism(root):
+    kw = dict(CLIP, num_clips=2, eval_crops=3, train=False, num_workers=0)
+    a, b = next(iter(build_loader(root / "val.jsonl", **kw))), next(iter(build_loader(root / "val.jsonl", **kw)))
+    assert isinstance(a["video"], list) and len(a["video"]) == 6
+    assert all(v.shape == (4, 3, 4, 32, 32) for v in a["video"])
+    assert all(torch.equal(x, y) for x, y in zip(a["video"], b["video"]))
+    assert a["index"].tolist() == [0, 1, 2, 3]  # evaluation: no shuffle
+    assert not torch.equal(a["video"][0], a["video"][3])  # different clips of the same video
+
+
+def test_images_are_single_frame_clips(tmp_path):
+    for c in range(2):
+        (tmp_path / f"class{c}").mkdir()
+        for k in range(3):
+            img = np.full((40, 48, 3), 60 + 150 * c, dtype=np.uint8)
+            Image.fromarray(img).save(tmp_path / f"class{c}" / f"{k}.png")
+    loader = build_loader(image_folder=tmp_path, num_workers=0, batch_size=6, size=32, shuffle=False)
+    b = next(iter(loader))
+    assert b["video"].shape == (6, 3, 1, 32, 32)
+    assert b["labels"]["label"].tolist() == [0, 0, 0, 1, 1, 1]
+    assert b["video"][0].mean() < b["video"][5].mean()
+
+
+@pytest.fixture()
+def bad_manifest(root, tmp_path):
+    src = sorted((root / "videos").glob("*.mp4"))
+    (tmp_path / "empty.mp4").write_bytes(b"")
+    (tmp_path / "text.mp4").write_text("hello, I am text\n")
+    (tmp_path / "garbage.mp4").write_bytes(np.random.default_rng(1).bytes(5000))
+    (tmp_path / "trunc.mp4").write_bytes(src[0].read_bytes()[:1500])
+    rows = [{"path": str(p), "labels": {"digit": 1}, "captions": ["ok"]} for p in src[:12]]
+    rows += [{"path": n, "labels": {"digit": 1}} for n in ("empty.mp4", "text.mp4", "garbage.mp4", "trunc.mp4", "missing.mp4")]
+    lines = [json.dumps(r) for r in rows] + ['{"path": "x.mp4", "labels": {"digit": "one"}}', "{not json"]
+    (tmp_path / "m.jsonl").write_text("\n".join(lines) + "\n")
+    return tmp_path / "m.jsonl"
+
+
+def test_bad_items_skipped_counted_logged_once(bad_manifest, caplog):
+    caplog.set_level(logging.WARNING)
+    loader = build_loader(bad_manifest, num_workers=0, **{**CLIP, "frames_per_clip": 8})
+    batches = list(loader)
+    assert len(batches) == 17 // 4
+    assert all(b["video"].shape[0] == 4 for b in batches)  # filled from good items
+    assert all("tmp" not in p or "videos" in p for b in batches for p in b["path"])  # only good files
+    counts = loader.skip_counts()  # the finished epoch's summary
+    seen = {p: r for b in batches for p, r, _ in b["skipped"]}
+    assert counts["epoch"] == 0 and counts["manifest_rows"] == 2 and counts["bad_files"] == seen
+    assert counts["skipped"] == sum(len(b["skipped"]) for b in batches) >= len(seen)
+    bad = {"empty.mp4": "empty", "text.mp4": "unreadable", "garbage.mp4": "unreadable", "missing.mp4": "missing"}
+    for name, reason in bad.items():
+        if any(p.endswith(name) for p in seen):
+            assert seen[next(p for p in seen if p.endswith(name))] == reason
+    assert len(seen) >= 3
+    logged = [r.message for r in caplog.records if "skipping" in r.message and ".mp4:" in r.message]
+    assert len(logged) == len(seen)  # once per file
+
+
+def test_skip_counts_mid_epoch(bad_manifest):
+    loader = build_loader(bad_manifest, num_workers=0, **CLIP)
+    it = iter(loader)
+    batches = [next(it) for _ in range(3)]
+    counts = loader.skip_counts()
+    assert counts["skipped"] == sum(len(b["skipped"]) for b in batches)
+    assert sum(counts["by_reason"].values()) == counts["skipped"]
+    assert set(counts["bad_files"].values()) <= {"empty", "unreadable", "missing", "decode_error"}
+
+
+def test_only_bad_files_stop_with_a_clear_error(bad_manifest, tmp_path):
+    lines = [line for line in bad_manifest.read_text().splitlines() if "videos" not in line]
+    (tmp_path / "allbad.jsonl").write_text("\n".join(lines) + "\n")
+    loader = build_loader(tmp_path / "allbad.jsonl", num_workers=0, max_consecutive_failures=4, **CLIP)
+    with pytest.raises(TooManyBadFiles, match=r"5 consecutive items failed(.|\n)*\.mp4 \("):
+        next(iter(loader))
+
+
+def test_short_videos_skip_policy(root):
+    # 16-frame clips need 16 * 2 = 32 frames; the embedded videos have 16: padded, or all skipped
+    padded = next(iter(build_loader(root / "val.jsonl", train=False, num_workers=0, batch_size=2, size=32,
+                                    frames_per_clip=16, frame_step=2)))
+    assert padded["video"].shape[2] == 16
+    assert torch.equal(padded["video"][:, :, -1], padded["video"][:, :, -2])  # last frame repeated
+    with pytest.raises(TooManyBadFiles, match="too_short"):
+        next(iter(build_loader(root / "val.jsonl", train=False, num_workers=0, batch_size=2, size=32,
+                               frames_per_clip=16, frame_step=2, short="skip", max_consecutive_failures=2)))
