@@ -35,7 +35,7 @@ def run_experiment(cfg, run_dir: str | Path) -> dict:
     stages, finals = {}, {}
     for stage in cfg.experiment.stages:
         teacher = None
-        if stage.method == "salt":
+        if stage.method in ("salt", "tcjepa") and stage.teacher:
             teacher = finals.get(stage.teacher) or Path(stage.teacher)
         stages[stage.name] = train_stage(cfg, stage, run_dir / stage.name, info, device, teacher)
         if not stages[stage.name]["complete"]:
@@ -60,9 +60,15 @@ def run_experiment(cfg, run_dir: str | Path) -> dict:
 
 
 def probe_all(cfg, finals: dict[str, Path], device) -> dict:
-    """Linear probe per label for a randomly initialised encoder and every stage's encoder."""
+    """{encoder: {label: top-1 %}} of a probe per label (experiment.probe.kind: attentive = the best head of an
+    lr x wd grid of attentive probes on cached frozen tokens, vjepa/eval/probe.py; linear = logistic regression
+    on mean-pooled features) for a randomly initialised encoder and every stage's encoder."""
     from vjepa.eval.linear import probe_encoder
+    from vjepa.eval.probe import ProbeSettings, best_top1, run_probe
 
+    p = cfg.experiment.probe
+    if p.kind not in ("attentive", "linear"):
+        raise ValueError(f"config key experiment.probe.kind: {p.kind!r} is not attentive or linear")
     train_loader, val_loader = build_probe_loaders(cfg)
     first = cfg.experiment.stages[0]
     torch.manual_seed(stage_seed(cfg, first))
@@ -70,8 +76,13 @@ def probe_all(cfg, finals: dict[str, Path], device) -> dict:
     encoders.update({name: load_teacher(path) for name, path in finals.items()})
     results = {}
     for name, enc in encoders.items():
-        results[name] = probe_encoder(enc.to(device), train_loader, val_loader, device)
-        log.info("probe %s: %s", name, results[name])
+        if p.kind == "linear":
+            results[name] = probe_encoder(enc.to(device), train_loader, val_loader, device)
+        else:
+            settings = ProbeSettings(depth=p.depth, num_heads=p.num_heads, epochs=p.epochs, batch_size=p.batch_size,
+                                     lrs=tuple(p.lrs), wds=tuple(p.wds), seed=cfg.seed)
+            results[name] = best_top1(run_probe(enc, train_loader, val_loader, settings, device))
+        log.info("%s probe %s: %s", p.kind, name, results[name])
     return results
 
 
