@@ -1,11 +1,13 @@
 """Image-caption manifests from Debian's openclipart packages (public-domain clip art).
 
     python -m data.openclipart --out DIR [--root /usr/share/openclipart] [--val-fraction 0.2] [--seed 0]
+                               [--max-per-category N] [--max-pixels 16777216]
 
 Reads the PNGs of ``openclipart-png`` and, for each, the SVG of the same relative path in
 ``openclipart-svg``: the work's ``<dc:title>`` and (when present and different) ``<dc:description>`` are its
 captions. The 22 top-level folders are the ``category`` probe label. Writes ``DIR/train.jsonl``,
-``DIR/val.jsonl`` (split by file, per category, with a fixed seed) and ``DIR/categories.json``.
+``DIR/val.jsonl`` (split by file, per category, with a fixed seed) and ``DIR/categories.json``. PNGs over
+``--max-pixels`` (19 of 8121, up to 25k x 25k: minutes each to decode) are left out and counted.
 Installs nothing: when the packages are missing it says which apt command installs them.
 """
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import struct
 import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -60,17 +63,31 @@ def svg_captions(svg: Path) -> list[str]:
     return captions
 
 
-def collect(root: Path = DEFAULT_ROOT) -> tuple[list[dict], list[str]]:
-    """All PNGs as rows {path, labels: {category}, svg}, and the sorted category names."""
+def png_pixels(path: Path) -> int | None:
+    """Width x height from the PNG header (IHDR), without decoding; None if the file is not a PNG."""
+    with open(path, "rb") as f:
+        head = f.read(24)
+    if len(head) < 24 or head[:8] != b"\x89PNG\r\n\x1a\n":
+        return None
+    width, height = struct.unpack(">II", head[16:24])
+    return width * height
+
+
+def collect(root: Path = DEFAULT_ROOT, max_pixels: int | None = None) -> tuple[list[dict], list[str], int]:
+    """All PNGs as rows {path, labels: {category}, svg}, the sorted category names, and how many PNGs were
+    left out for having more than `max_pixels` pixels (a few are 10k x 10k and more: minutes to decode)."""
     check_installed(root)
     png_root, svg_root = root / "png", root / "svg"
     categories = sorted(p.name for p in png_root.iterdir() if p.is_dir())
-    rows = []
+    rows, too_big = [], 0
     for k, cat in enumerate(categories):
         for png in sorted((png_root / cat).rglob("*.png")):
+            if max_pixels and (png_pixels(png) or 0) > max_pixels:
+                too_big += 1
+                continue
             svg = svg_root / png.relative_to(png_root).with_suffix(".svg")
             rows.append({"path": str(png), "labels": {"category": k}, "svg": svg})
-    return rows, categories
+    return rows, categories, too_big
 
 
 def with_captions(rows: list[dict]) -> list[dict]:
@@ -99,10 +116,10 @@ def split(rows: list[dict], val_fraction: float = 0.2, seed: int = 0, max_per_ca
 
 
 def build(out: str | Path, root: str | Path = DEFAULT_ROOT, val_fraction: float = 0.2, seed: int = 0,
-          max_per_category: int | None = None) -> dict:
+          max_per_category: int | None = None, max_pixels: int | None = 4096 * 4096) -> dict:
     """Write the manifests into `out`; returns counts."""
     out, root = Path(out), Path(root)
-    rows, categories = collect(root)
+    rows, categories, too_big = collect(root, max_pixels)
     train, val = (with_captions(part) for part in split(rows, val_fraction, seed, max_per_category))
     out.mkdir(parents=True, exist_ok=True)
     for name, part in (("train.jsonl", train), ("val.jsonl", val)):
@@ -110,7 +127,7 @@ def build(out: str | Path, root: str | Path = DEFAULT_ROOT, val_fraction: float 
             f.writelines(json.dumps(r) + "\n" for r in part)
     (out / "categories.json").write_text(json.dumps(categories, indent=1))
     return {"train": len(train), "val": len(val), "categories": len(categories),
-            "uncaptioned": sum(not r["captions"] for r in train + val),
+            "uncaptioned": sum(not r["captions"] for r in train + val), "too_big": too_big,
             "with_description": sum(len(r["captions"]) > 1 for r in train + val)}
 
 
@@ -121,15 +138,16 @@ def main(argv=None) -> int:
     p.add_argument("--val-fraction", type=float, default=0.2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-per-category", type=int, default=None, help="cap files per category (small runs)")
+    p.add_argument("--max-pixels", type=int, default=4096 * 4096, help="leave out larger PNGs (0: keep all)")
     a = p.parse_args(argv)
     try:
-        counts = build(a.out, a.root, a.val_fraction, a.seed, a.max_per_category)
+        counts = build(a.out, a.root, a.val_fraction, a.seed, a.max_per_category, a.max_pixels or None)
     except OpenClipartMissing as e:
         print(e, file=sys.stderr)
         return 2
     print(f"wrote {a.out}/train.jsonl ({counts['train']}), val.jsonl ({counts['val']}), categories.json "
           f"({counts['categories']}); {counts['uncaptioned']} without a caption, "
-          f"{counts['with_description']} with a description")
+          f"{counts['with_description']} with a description; {counts['too_big']} PNGs over --max-pixels left out")
     return 0
 
 
