@@ -1,19 +1,33 @@
-"""`python -m launch.bench`: train-step time per method, split into its parts, on random clips.
+"""`python -m launch.bench`: train-step time per method, split into its parts.
 
 Default: the reference's "tiny-video" configuration (ViT-tiny, 16 x 128 x 128 clips, 2x16x16 tubelets =
 512 tokens, predictor width 96 depth 4, multi-block masks, batch 8, fp32 on CPU / bf16 on CUDA), for
-`vjepa` (EMA teacher), `salt` (frozen teacher of the same size) and `salt` with a smaller teacher.
-Prints a table and, with --write, replaces the "Train step" section of docs/benchmarks.md.
+`vjepa` (EMA teacher), `salt` (frozen teacher of the same size), `salt` with a smaller teacher, and `salt`
+with cached teacher targets (`-cached`: targets read from an fp16 memory-mapped file, as
+vjepa/train/target_cache.py does, instead of running the teacher).
+
+Per case: clips/s; the step split into data wait (next batch + cached-target read, host to device),
+teacher forward, student forward (encoder + predictor + loss), backward, optimiser and EMA; peak memory
+(CUDA: allocator peak of the case; CPU: the process's peak RSS so far); FLOPs per clip counted from the
+model with torch.utils.flop_counter (forward + backward, teacher forward included when it runs); on CUDA
+the MFU against a measured dense bf16 matmul rate. `--data embedded` times real decoded clips from the
+embedded dataset (data wait = loader), default random clips (data wait ~ 0).
+
+Prints a table and, with --write, replaces the `--section` ("Train step") section of docs/benchmarks.md.
 """
 from __future__ import annotations
 
 import argparse
 import datetime
+import os
 import platform
+import resource
+import tempfile
 import time
 from contextlib import nullcontext
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from vjepa.masks import MaskSampler, build_masks
@@ -26,28 +40,117 @@ DOCS = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
 
 
 def build(method: str, student: str, teacher: str | None, args):
-    kw = dict(img_size=args.size, num_frames=args.frames, patch_size=16, tubelet_size=2)
+    kw = dict(img_size=args.size, num_frames=args.frames, patch_size=16, tubelet_size=2,
+              grad_checkpointing=getattr(args, "grad_checkpointing", False))
     enc = vit(student, **kw)
     gens = build_masks("multiblock", enc.grid)
     if method == "pixel":
         dec = Predictor(enc.embed_dim, pixels_per_token(enc), embed_dim=args.pred_width, depth=args.pred_depth,
                         num_heads=4, num_mask_tokens=len(gens))
         return PixelReconstruction(enc, dec), gens
-    t = vit(teacher, **kw) if method == "salt" else None
+    t = vit(teacher, **kw) if method in ("salt", "salt-cached") else None
     out = t.embed_dim if t is not None else enc.embed_dim
-    pred = Predictor(enc.embed_dim, out, embed_dim=args.pred_width, depth=args.pred_depth, num_heads=4,
+    pred = Predictor(enc.embed_dim, out, embed_dim=args.pred_width, depth=args.pred_depth,
+                     num_heads=max(args.pred_width // 64, 4) if args.pred_width >= 256 else 4,
                      num_mask_tokens=len(gens))
     return LatentPrediction(enc, pred, teacher=t), gens
 
 
-def time_steps(method, gens, args, device) -> dict:
+class TargetFile:
+    """Cached-target stand-in: an fp16 memory-mapped [rows, N, D] file read per step like a target cache
+    shard (random rows; values do not matter for timing)."""
+
+    def __init__(self, tokens: int, dim: int, rows: int):
+        self.dir = tempfile.TemporaryDirectory(prefix="bench-targets-")
+        path = Path(self.dir.name) / "targets.npy"
+        arr = np.lib.format.open_memmap(path, "w+", np.float16, (rows, tokens, dim))
+        arr[:] = np.random.default_rng(0).standard_normal((rows, tokens, dim), dtype=np.float32)
+        arr.flush()
+        self.data = np.load(path, mmap_mode="r")
+        self.rng = np.random.default_rng(1)
+
+    def read(self, batch: int) -> torch.Tensor:
+        idx = np.sort(self.rng.choice(len(self.data), batch, replace=False))
+        return torch.from_numpy(np.stack([self.data[i] for i in idx]))
+
+
+def cpu_sdpa_flops():
+    """FlopCounterMode counts the CUDA attention kernels; add the CPU flash kernel (same formula)."""
+    from torch.utils.flop_counter import sdpa_backward_flop_count, sdpa_flop_count
+
+    aten = torch.ops.aten
+
+    def fwd(query, key, value, *args, out_shape=None, **kwargs):
+        return sdpa_flop_count(query, key, value)
+
+    def bwd(grad_out, query, key, value, *args, out_shape=None, **kwargs):
+        return sdpa_backward_flop_count(grad_out, query, key, value)
+
+    return {aten._scaled_dot_product_flash_attention_for_cpu: fwd,
+            aten._scaled_dot_product_flash_attention_for_cpu_backward: bwd}
+
+
+def count_flops(method, masks, video, autocast, targets=None) -> tuple[float, float]:
+    """(FLOPs of one train step's forward + backward, of which the teacher's forward), counted by op."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False, custom_mapping=cpu_sdpa_flops())
+    with counter:
+        with autocast:
+            extra = {"targets": targets} if targets is not None else {}
+            loss, _ = method(video, masks, **extra)
+        loss.backward()
+    method.zero_grad(set_to_none=True)
+    per_module = counter.get_flop_counts()
+    teacher = sum(sum(v.values()) for k, v in per_module.items() if k.endswith(".teacher"))
+    return float(counter.get_total_flops()), float(teacher)
+
+
+def matmul_rate(device: torch.device, seconds: float = 1.0) -> float | None:
+    """Measured dense bf16 matmul FLOP/s on CUDA (8192^3 products); None on CPU."""
+    if device.type != "cuda":
+        return None
+    n = 8192
+    a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    b = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    for _ in range(3):
+        a @ b
+    torch.cuda.synchronize()
+    iters, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        for _ in range(10):
+            a @ b
+        torch.cuda.synchronize()
+        iters += 10
+    return 2 * n**3 * iters / (time.perf_counter() - t0)
+
+
+def real_batches(args):
+    """Endless real clips of the embedded dataset (decoded, augmented) at the bench's clip size."""
+    from data.loader import build_loader
+    from data.synthetic import ensure_synthetic
+
+    root = ensure_synthetic(args.data_root)
+    loader = build_loader([str(Path(root) / "train.jsonl")], train=True, batch_size=args.batch,
+                          frames_per_clip=args.frames, frame_step=1, size=args.size, num_workers=args.workers,
+                          seed=0)
+    while True:
+        yield from loader
+
+
+def time_steps(method, gens, args, device, cached: bool = False, batches=None, peak_flops=None) -> dict:
     """Mean seconds per step of each part over args.steps steps after args.warmup."""
     method.to(device).train()
     opt = build_optimizer(list(method.trained_modules().values()), 1e-4)
     sampler = MaskSampler(gens, seed=0)
-    video = torch.randn(args.batch, 3, args.frames, args.size, args.size, device=device)
+    fixed_video = torch.randn(args.batch, 3, args.frames, args.size, args.size, device=device)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    targets_file = None
+    if cached:
+        tokens = int(np.prod(method.encoder.grid))
+        targets_file = TargetFile(tokens, method.teacher.embed_dim, rows=max(4 * args.batch, 32))
+        method.release_teacher()  # what the trainer does once the cache exists
     teacher_time = [0.0]
     teacher = getattr(method, "teacher", None)
     if teacher is not None:
@@ -62,16 +165,37 @@ def time_steps(method, gens, args, device) -> dict:
             return out
 
         teacher.forward = timed
-    parts = {"teacher_fwd": 0.0, "student_fwd": 0.0, "backward": 0.0, "optimizer": 0.0, "ema": 0.0, "step": 0.0}
+
+    def next_inputs():
+        video = fixed_video if batches is None else next(batches)["video"].to(device, non_blocking=True)
+        extra = {}
+        if targets_file is not None:
+            extra["targets"] = targets_file.read(args.batch).to(device, non_blocking=True)
+        return video, extra
+
+    # FLOPs of one step, counted on a separate (untimed) step
+    video, extra = next_inputs()
+    flops, teacher_flops = count_flops(method, [m.to(device) for m in sampler(args.batch)], video, autocast,
+                                       extra.get("targets"))
+    if getattr(args, "compile", None):  # after counting: the counter sees the plain modules' ops
+        from vjepa.train.compile import BucketedMasks, compile_method
+
+        compile_method(method, backend=args.compile)
+        sampler = BucketedMasks(sampler, args.mask_bucket)
+    parts = {"data": 0.0, "teacher_fwd": 0.0, "student_fwd": 0.0, "backward": 0.0, "optimizer": 0.0, "ema": 0.0,
+             "step": 0.0}
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     for i in range(args.warmup + args.steps):
+        sync()
+        t_d = time.perf_counter()
+        video, extra = next_inputs()
         masks = [m.to(device) for m in sampler(args.batch)]
         teacher_time[0] = 0.0
         sync()
         t0 = time.perf_counter()
         with autocast:
-            loss, _ = method(video, masks)
+            loss, _ = method(video, masks, **extra)
         sync()
         t1 = time.perf_counter()
         opt.zero_grad(set_to_none=True)
@@ -85,40 +209,77 @@ def time_steps(method, gens, args, device) -> dict:
         sync()
         t4 = time.perf_counter()
         if i >= args.warmup:
+            parts["data"] += t0 - t_d
             parts["teacher_fwd"] += teacher_time[0]
             parts["student_fwd"] += (t1 - t0) - teacher_time[0]
             parts["backward"] += t2 - t1
             parts["optimizer"] += t3 - t2
             parts["ema"] += t4 - t3
-            parts["step"] += t4 - t0
+            parts["step"] += t4 - t_d
     out = {k: v / args.steps for k, v in parts.items()}
     out["clips_per_s"] = args.batch / out["step"]
-    out["peak_mem_gb"] = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
+    out["gflop_per_clip"] = flops / args.batch / 1e9
+    out["teacher_gflop_per_clip"] = teacher_flops / args.batch / 1e9
+    compute = out["step"] - out["data"]
+    out["achieved_tflops"] = flops / compute / 1e12
+    out["mfu"] = flops / compute / peak_flops if peak_flops else None
+    if device.type == "cuda":
+        out["peak_mem_gb"] = torch.cuda.max_memory_allocated() / 2**30
+    else:
+        out["peak_mem_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB, process peak
     return out
 
 
 CASES = {
     "vjepa": ("vjepa", "tiny", None),
     "salt": ("salt", "tiny", "tiny"),
+    "salt-cached": ("salt-cached", "tiny", "tiny"),
     "pixel": ("pixel", "tiny", None),
     "vjepa-small": ("vjepa", "small", None),
     "salt-small": ("salt", "small", "small"),
+    "salt-small-cached": ("salt-cached", "small", "small"),
     "salt-small/tiny-teacher": ("salt", "small", "tiny"),
+    "salt-large": ("salt", "large", "large"),
+    "salt-large-cached": ("salt-cached", "large", "large"),
+    "vjepa-large": ("vjepa", "large", None),
 }
 
 
-def table(rows: dict, args, device) -> str:
+def table(rows: dict, args, device, peak_flops=None) -> str:
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    dtype = "bf16 autocast" if device.type == "cuda" else "fp32"
+    peak = f"; measured dense bf16 matmul {peak_flops / 1e12:.0f} TFLOP/s (the MFU denominator)" if peak_flops else ""
+    extras = "".join(f", {x}" for x in (f"torch.compile ({args.compile})" if getattr(args, "compile", None) else "",
+                                         "activation checkpointing" if getattr(args, "grad_checkpointing", False)
+                                         else "") if x)
+    data = (f"real embedded clips ({args.workers} loader workers)" if getattr(args, "data", "random") == "embedded"
+            else "random clips")
     lines = [f"Measured {datetime.date.today()} on {device} ({platform.processor() or platform.machine()}, "
-             f"{torch.get_num_threads()} threads, torch {torch.__version__}): batch {args.batch}, "
-             f"{args.frames}x{args.size}x{args.size} clips, 2x16x16 tubelets, predictor {args.pred_width}x"
-             f"{args.pred_depth}, multi-block masks; mean of {args.steps} steps after {args.warmup} warm-up.", "",
-             "| case | student / teacher | step (s) | teacher fwd | student fwd | backward | optimiser | EMA | clips/s |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             f"{torch.get_num_threads()} threads, torch {torch.__version__}, load average {load:.1f}): batch "
+             f"{args.batch}, {args.frames}x{args.size}x{args.size} clips, 2x16x16 tubelets, predictor "
+             f"{args.pred_width}x{args.pred_depth}, multi-block masks, {dtype}{extras}, {data}; mean of "
+             f"{args.steps} steps after {args.warmup} warm-up{peak}. Times in seconds per step; GFLOP/clip = "
+             "forward + backward counted by op (teacher forward included where it runs).", "",
+             "| case | student / teacher | step (s) | data wait | teacher fwd | student fwd | backward | optimiser | "
+             "EMA | clips/s | GFLOP/clip | peak mem (GiB) | MFU |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, r in rows.items():
         method, student, teacher = CASES[name]
-        who = f"{student} / {teacher or ('EMA ' + student if method == 'vjepa' else '-')}"
-        lines.append(f"| {name} | {who} | {r['step']:.3f} | {r['teacher_fwd']:.3f} | {r['student_fwd']:.3f} | "
-                     f"{r['backward']:.3f} | {r['optimizer']:.3f} | {r['ema']:.4f} | {r['clips_per_s']:.1f} |")
+        who = f"{student} / " + ("cached " + teacher if method == "salt-cached" else
+                                 teacher or ("EMA " + student if method == "vjepa" else "-"))
+        mfu = f"{100 * r['mfu']:.1f}%" if r.get("mfu") is not None else "-"
+        mem = f"{r['peak_mem_gb']:.2f}" + ("" if device.type == "cuda" else " (RSS)")
+        lines.append(f"| {name} | {who} | {r['step']:.3f} | {r['data']:.3f} | {r['teacher_fwd']:.3f} | "
+                     f"{r['student_fwd']:.3f} | {r['backward']:.3f} | {r['optimizer']:.3f} | {r['ema']:.4f} | "
+                     f"{r['clips_per_s']:.1f} | {r['gflop_per_clip']:.1f} | {mem} | {mfu} |")
+    pairs = [(n, n.replace("-cached", "")) for n in rows if n.endswith("-cached") and n.replace("-cached", "") in rows]
+    for cached, online in pairs:
+        a, b = rows[online], rows[cached]
+        lines.append("")
+        lines.append(f"Cached vs online teacher ({online}): {b['step']:.3f} vs {a['step']:.3f} s/step = "
+                     f"{a['step'] / b['step']:.2f}x clips/s; the teacher forward ({a['teacher_fwd']:.3f} s, "
+                     f"{a['teacher_gflop_per_clip']:.1f} GFLOP/clip) is replaced by a {b['data'] - a['data']:+.3f} s "
+                     "target read.")
     return "\n".join(lines)
 
 
@@ -136,10 +297,15 @@ def write_section(title: str, body: str, path: Path = DOCS) -> None:
     path.write_text(text)
 
 
-def main(argv=None) -> None:
+REFERENCE = ("Reference (V-JEPA 1 public code, tiny-video, same machine kind, 2026-11-29): 1.54 s/step with an EMA "
+             "teacher, 1.45 s with a frozen teacher; split: teacher forward 0.50, student + predictor forward 0.30, "
+             "backward 0.55, AdamW 0.03, EMA 0.01. Goal: <= 0.8x (1.23 s).")
+
+
+def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--cases", nargs="+", default=["vjepa", "salt", "salt-small", "salt-small/tiny-teacher"],
-                   choices=list(CASES))
+    p.add_argument("--cases", nargs="+", default=["vjepa", "salt", "salt-cached", "salt-small", "salt-small-cached",
+                                                  "salt-small/tiny-teacher"], choices=list(CASES))
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--frames", type=int, default=16)
     p.add_argument("--size", type=int, default=128)
@@ -148,22 +314,42 @@ def main(argv=None) -> None:
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--data", choices=["random", "embedded"], default="random",
+                   help="random clips, or real decoded clips of the embedded dataset (data wait = loader)")
+    p.add_argument("--data-root", default="runs/embedded-data")
+    p.add_argument("--workers", type=int, default=2, help="loader workers with --data embedded")
+    p.add_argument("--compile", choices=["inductor", "aot_eager"], default=None,
+                   help="torch.compile encoder/predictor/teacher (mask lengths bucketed)")
+    p.add_argument("--mask-bucket", type=int, default=32)
+    p.add_argument("--grad-checkpointing", action="store_true")
     p.add_argument("--write", action="store_true", help="write the table into docs/benchmarks.md")
+    p.add_argument("--section", default="Train step", help="the docs/benchmarks.md section --write replaces")
+    p.add_argument("--docs", type=Path, default=DOCS, help="the markdown file --write edits")
     args = p.parse_args(argv)
     device = torch.device(args.device)
+    peak = matmul_rate(device)
+    if peak:
+        print(f"dense bf16 matmul: {peak / 1e12:.0f} TFLOP/s", flush=True)
+    batches = real_batches(args) if args.data == "embedded" else None
     rows = {}
     for name in args.cases:
         torch.manual_seed(0)
-        method, gens = build(*CASES[name], args)
-        rows[name] = time_steps(method, gens, args, device)
-        print(f"{name}: {rows[name]['step']:.3f} s/step", flush=True)
-    out = table(rows, args, device)
+        kind, student, teacher = CASES[name]
+        method, gens = build(kind, student, teacher, args)
+        rows[name] = time_steps(method, gens, args, device, cached=kind == "salt-cached", batches=batches,
+                                peak_flops=peak)
+        r = rows[name]
+        mfu = f", MFU {100 * r['mfu']:.1f}%" if r["mfu"] is not None else ""
+        print(f"{name}: {r['step']:.3f} s/step, {r['clips_per_s']:.1f} clips/s{mfu}", flush=True)
+        del method
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    out = table(rows, args, device, peak)
     print(out)
     if args.write:
-        write_section("Train step", out + "\n\nReference (V-JEPA 1 public code, tiny-video, same machine kind, "
-                      "2026-11-29): 1.54 s/step with an EMA teacher, 1.45 s with a frozen teacher; split: teacher "
-                      "forward 0.50, student + predictor forward 0.30, backward 0.55, AdamW 0.03, EMA 0.01. "
-                      "Goal: <= 0.8x (1.23 s).")
+        tiny_cpu = device.type == "cpu" and args.size == 128 and args.frames == 16
+        write_section(args.section, out + ("\n\n" + REFERENCE if tiny_cpu else ""), args.docs)
+    return rows
 
 
 if __name__ == "__main__":

@@ -226,3 +226,13 @@ def test_model_selection_correlates_loss_with_probe_over_checkpoints(embedded_da
     for label in ("digit", "direction", "speed", "mean"):
         r = out["loss_vs_probe"][label]["pearson_r"]
         assert r != r or -1.0 <= r <= 1.0  # nan when a probe accuracy did not change
+
+
+def test_periodic_quick_probe_runs_in_the_loop_without_changing_training(embedded_data, tmp_path):
+    common = ["experiment=vjepa", "experiment.total_steps=4"]
+    run_experiment(make_cfg(embedded_data, tmp_path / "plain", *common), tmp_path / "plain")
+    run_experiment(make_cfg(embedded_data, tmp_path / "probed", *common, "experiment.probe.every=2"),
+                   tmp_path / "probed")
+    rows = (tmp_path / "probed" / "student" / "quick_probe.csv").read_text().splitlines()[1:]
+    assert sorted({int(r.split(",")[0]) for r in rows}) == [2, 4]
+    assert_states_equal(final_state(tmp_path / "plain", "student"), final_state(tmp_path / "probed", "student"))

@@ -35,8 +35,15 @@ class LatentPrediction(Method):
 
     def train(self, mode: bool = True):
         super().train(mode)
-        self.teacher.eval()  # frozen or EMA, the teacher never runs in training mode (no drop path)
+        if self.teacher is not None:
+            self.teacher.eval()  # frozen or EMA, the teacher never runs in training mode (no drop path)
         return self
+
+    def release_teacher(self) -> None:
+        """Drop a frozen teacher whose targets now come from a cache (vjepa/train/target_cache.py)."""
+        if self.ema is not None:
+            raise ValueError("an EMA teacher changes every step: its targets cannot be cached")
+        self.teacher = None
 
     def trained_modules(self):
         return {"encoder": self.encoder, "predictor": self.predictor}
@@ -55,9 +62,15 @@ class LatentPrediction(Method):
             return F.smooth_l1_loss(pred, target)
         return (pred - target).pow(2).mean()
 
-    def forward(self, video, masks, captions=None):
-        with torch.no_grad():
-            targets = layer_norm_targets(self.teacher(video)).float()
+    def forward(self, video, masks, captions=None, targets=None):
+        """`targets`: the teacher's layer-normed features of `video` [B, N, D] when they were computed ahead
+        (a target cache); otherwise the teacher runs here."""
+        if targets is None:
+            if self.teacher is None:
+                raise ValueError("this method's teacher was released for cached targets: pass targets=")
+            with torch.no_grad():
+                targets = layer_norm_targets(self.teacher(video))
+        targets = targets.float()
         grid = self.encoder.patch_embed_grid(video)
         losses = []
         for i, mask in enumerate(masks):

@@ -63,6 +63,12 @@ def build_method(cfg, stage, teacher_file: str | Path | None = None) -> tuple[Me
         dec_kw = head_kwargs(cfg.decoder, encoder, pixels_per_token(encoder), len(generators))
         configs["decoder"] = dec_kw
         return PixelReconstruction(encoder, Predictor(**dec_kw)), configs, generators
+    if stage.method == "contrastive":  # TC-JEPA's CLIP-style baseline: same encoder, same text model, no masks
+        from vjepa.methods.contrastive import ContrastiveImageText
+        from vjepa.models.text import TextEncoder
+
+        return ContrastiveImageText(encoder, TextEncoder(cfg.text.model, max_tokens=cfg.text.max_tokens)), \
+            configs, generators
     teacher = None
     if stage.method == "tcjepa" and stage.teacher and teacher_file is None:
         if not Path(stage.teacher).exists():  # an earlier stage's name: the experiment runner resolves it
@@ -87,7 +93,7 @@ def build_method(cfg, stage, teacher_file: str | Path | None = None) -> tuple[Me
         method = TextConditionedPrediction(
             encoder, Predictor(**pred_kw), TextEncoder(text.model, max_tokens=text.max_tokens), teacher=teacher,
             ema=stage.ema, loss=stage.loss, max_captions=text.max_captions, sparsity=text.sparsity,
-            consistency=text.consistency)
+            consistency=text.consistency, center_keys=text.center_keys)
         return method, configs, generators
     method = LatentPrediction(encoder, Predictor(**pred_kw), teacher=teacher, ema=stage.ema, loss=stage.loss)
     return method, configs, generators

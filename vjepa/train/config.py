@@ -70,7 +70,7 @@ class OptimConfig:
 @dataclass
 class StageConfig:
     name: str = "student"
-    method: str = "salt"  # pixel | salt | vjepa | tcjepa
+    method: str = "salt"  # pixel | salt | vjepa | tcjepa | contrastive (TC-JEPA's CLIP-style baseline)
     fraction: float = 1.0  # of experiment.total_steps
     size: Optional[str] = None  # override model.size for this stage (e.g. a smaller teacher)
     teacher: Optional[str] = None  # salt: an earlier stage's name, or a checkpoint (ours, official V-JEPA 1/2, HF folder)
@@ -82,9 +82,18 @@ class StageConfig:
 
 @dataclass
 class ProbeConfig:
+    """The final probe of every stage's encoder (vjepa/eval) and the periodic quick probe during training."""
     enabled: bool = True
-    kind: str = "linear"  # linear probe on frozen mean-pooled features
-    epochs: int = 100
+    kind: str = "attentive"  # attentive (head grid on cached tokens) | linear (logistic regression, mean-pooled)
+    epochs: int = 15
+    depth: int = 1  # attentive: (depth - 1) self-attention blocks + the cross-attention block
+    num_heads: Optional[int] = None  # attentive: the probe's attention heads (None: the encoder's)
+    batch_size: int = 32
+    lrs: List[float] = field(default_factory=lambda: [1e-3, 3e-3])
+    wds: List[float] = field(default_factory=lambda: [0.01])
+    every: int = 0  # quick k-NN + linear probe every this many steps, into quick_probe.csv / TensorBoard (0: off)
+    knn_k: int = 20
+    quick_linear: bool = True  # the quick probe also fits the linear probe (k-NN alone is cheaper)
 
 
 @dataclass
@@ -103,6 +112,7 @@ class TextConfig:
     max_captions: int = 8  # N: an item's first N captions condition separately, max-pooled at every layer
     sparsity: float = 0.1  # lambda, weight of L_sparse
     consistency: float = 0.5  # beta, weight of L_consistency
+    center_keys: bool = False  # regularise cos(q, k - mean_words k): see docs/tcjepa.md (not in the paper)
 
 
 @dataclass
@@ -127,6 +137,34 @@ class LauncherConfig:
 
 
 @dataclass
+class TargetCacheConfig:
+    """SALT teacher-target caching (vjepa/train/target_cache.py): the frozen teacher's layer-normed features
+    of K fixed views per clip, computed once (fp16 memory-mapped shards) and read back instead of running
+    the teacher. Applies to `salt` stages only."""
+    enabled: bool = False
+    views: int = 2  # K: epoch e trains on view e % K of every clip
+    dir: Optional[str] = None  # default <stage dir>/target_cache; reusable across runs with the same teacher/data/seed
+    shard_items: int = 1024  # clips per shard file (per view)
+    build_batch_size: Optional[int] = None  # teacher batch while building; default data.batch_size
+    verify: bool = True  # check each batch's clips against the stored view fingerprints
+
+
+@dataclass
+class PerfConfig:
+    """Speed options (docs/performance.md); all off by default, none changes what is computed beyond
+    rounding, except mask bucketing (drops < mask_bucket ids per mask, like the batch truncation)."""
+    compile: bool = False  # torch.compile the encoder, predictor (and teacher) in place
+    compile_backend: str = "inductor"  # inductor | aot_eager | eager
+    compile_mode: Optional[str] = None  # e.g. max-autotune-no-cudagraphs
+    compile_dynamic: bool = False  # one shape-generic graph instead of one graph per mask bucket
+    mask_bucket: int = 32  # with compile: cut context/target lengths down to multiples of this
+    fixed_views: Optional[int] = None  # train on K fixed views per clip (what a target cache holds)
+    fsdp: bool = False  # FSDP2 fully_shard (per block + root) instead of DDP
+    fsdp_reshard_after_forward: bool = True
+    target_cache: TargetCacheConfig = field(default_factory=TargetCacheConfig)
+
+
+@dataclass
 class TrainConfig:
     run_dir: Optional[str] = None  # default: hydra's run dir (runs/<experiment>-<time>)
     seed: int = 0
@@ -146,6 +184,7 @@ class TrainConfig:
     experiment: ExperimentConfig = field(default_factory=ExperimentConfig)
     launcher: LauncherConfig = field(default_factory=LauncherConfig)
     text: TextConfig = field(default_factory=TextConfig)
+    perf: PerfConfig = field(default_factory=PerfConfig)
 
 
 def check(cfg) -> None:
@@ -168,8 +207,8 @@ def check(cfg) -> None:
     names = []
     for i, st in enumerate(cfg.experiment.stages):
         key = f"experiment.stages[{i}]"
-        if st.method not in ("pixel", "salt", "vjepa", "tcjepa"):
-            fail(f"{key}.method", f"{st.method!r} is not pixel, salt, vjepa or tcjepa")
+        if st.method not in ("pixel", "salt", "vjepa", "tcjepa", "contrastive"):
+            fail(f"{key}.method", f"{st.method!r} is not pixel, salt, vjepa, tcjepa or contrastive")
         if st.method == "tcjepa" and st.teacher and st.teacher not in names and not Path(st.teacher).exists():
             fail(f"{key}.teacher", f"{st.teacher!r} is neither an earlier stage ({names}) nor an existing checkpoint "
                  "(tcjepa: leave it null for an EMA teacher)")
@@ -186,5 +225,17 @@ def check(cfg) -> None:
         if st.name in names:
             fail(f"{key}.name", f"stage name {st.name!r} is used twice")
         names.append(st.name)
+    perf = cfg.get("perf") if hasattr(cfg, "get") else getattr(cfg, "perf", None)
+    if perf is not None:
+        if perf.compile_backend not in ("inductor", "aot_eager", "eager"):
+            fail("perf.compile_backend", f"{perf.compile_backend!r} is not inductor, aot_eager or eager")
+        if perf.mask_bucket < 1:
+            fail("perf.mask_bucket", f"{perf.mask_bucket} is not >= 1")
+        if perf.fixed_views is not None and perf.fixed_views < 1:
+            fail("perf.fixed_views", f"{perf.fixed_views} is not >= 1")
+        if perf.target_cache.enabled and perf.target_cache.views < 1:
+            fail("perf.target_cache.views", f"{perf.target_cache.views} is not >= 1")
+        if perf.fsdp and perf.compile:
+            fail("perf.fsdp", "FSDP2 with perf.compile is not wired up yet; use one of them")
     if cfg.optim.accum_steps < 1 or cfg.data.batch_size % cfg.optim.accum_steps:
         fail("optim.accum_steps", f"must divide data.batch_size ({cfg.data.batch_size})")

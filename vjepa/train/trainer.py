@@ -15,16 +15,19 @@ from pathlib import Path
 
 import torch
 from omegaconf import OmegaConf
-from torch.nn.parallel import DistributedDataParallel as DDP
 
+from vjepa.eval.knn import PeriodicProbe
 from vjepa.masks import Mask, MaskSampler
 from vjepa.train import preemption
 from vjepa.train.build import build_method
-from vjepa.train.checkpoint import load_file, load_state_strict, rng_state, save_atomic, set_rng_state
+from vjepa.train.checkpoint import load_file, rng_state, save_atomic, set_rng_state
+from vjepa.train.compile import setup_compile
 from vjepa.train.data import build_train_loader
 from vjepa.train.distributed import DistInfo, all_reduce_mean
+from vjepa.train.fsdp import checkpoint_states, load_model_state, load_optimizer_state, scalar, sync_context, wrap_model
 from vjepa.train.metrics import MetricsLogger
 from vjepa.train.optim import Schedule, build_optimizer
+from vjepa.train.target_cache import setup_target_cache
 
 log = logging.getLogger(__name__)
 
@@ -41,11 +44,12 @@ def stage_seed(cfg, stage) -> int:
     return cfg.seed * 1000 + zlib.crc32(stage.name.encode()) % 1000
 
 
-def _micro_batches(video: torch.Tensor, masks: list[Mask], captions, n: int):
+def _micro_batches(video: torch.Tensor, masks: list[Mask], captions, n: int, targets=None):
     size = video.shape[0] // n
     for j in range(n):
         sl = slice(j * size, (j + 1) * size)
-        yield video[sl], [Mask(m.context[sl], m.target[sl]) for m in masks], captions[sl] if captions else None
+        extra = {} if targets is None else {"targets": targets[sl]}  # cached teacher targets
+        yield video[sl], [Mask(m.context[sl], m.target[sl]) for m in masks], captions[sl] if captions else None, extra
 
 
 def train_stage(cfg, stage, stage_dir: Path, info: DistInfo, device: torch.device,
@@ -60,21 +64,25 @@ def train_stage(cfg, stage, stage_dir: Path, info: DistInfo, device: torch.devic
 
     method, model_configs, generators = build_method(cfg, stage, teacher_file)
     method.to(device)
+    masks = MaskSampler(generators, seed=seed, rank=info.rank, world_size=info.world_size)
+    loader = build_train_loader(cfg, stage, info, seed)
+    # perf options (docs/performance.md): fixed views + cached teacher targets, torch.compile, FSDP2
+    loader = setup_target_cache(cfg, stage, method, stage_dir, info, device, seed, loader)
+    masks = setup_compile(cfg, method, masks)
+    model = wrap_model(method, info, cfg.perf)  # the method, DDP(method), or the method sharded in place
     trained = method.trained_modules()
     params = [p for m in trained.values() for p in m.parameters() if p.requires_grad]
     optimizer = build_optimizer(list(trained.values()), cfg.optim.lr, cfg.optim.betas)
     schedule = Schedule(total, cfg.optim.lr, cfg.optim.start_lr, cfg.optim.final_lr,
                         round(total * cfg.optim.warmup_fraction), cfg.optim.weight_decay, cfg.optim.final_weight_decay)
-    masks = MaskSampler(generators, seed=seed, rank=info.rank, world_size=info.world_size)
-    loader = build_train_loader(cfg, stage, info, seed)
 
     step, wall_before, last_loss = 0, 0.0, None
     latest = ckpt_dir / "latest.pt"
     if cfg.resume and latest.exists():
         state = load_file(latest, trusted=True)
         for name, module in method.saved_modules().items():
-            load_state_strict(module, state["models"][name], f"{latest}: {name}")
-        optimizer.load_state_dict(state["optimizer"])
+            load_model_state(module, state["models"][name], f"{latest}: {name}")
+        load_optimizer_state(model, optimizer, state["optimizer"])
         masks.load_state_dict(state["masks"])
         loader.load_state_dict(state["loader"])
         set_rng_state(state["rng"])
@@ -85,20 +93,22 @@ def train_stage(cfg, stage, stage_dir: Path, info: DistInfo, device: torch.devic
             return _summary(load_file(final_path), total)
 
     def save(path: Path, wall: float, last_loss: float | None) -> None:
-        if not info.is_main:
+        states = checkpoint_states(model, method, optimizer, info)  # FSDP: gathers shards on every rank
+        if states is None:
             return
         save_atomic({
             "step": step, "stage": stage.name, "method": stage.method, "wall_seconds": wall, "last_loss": last_loss,
-            "models": {n: m.state_dict() for n, m in method.saved_modules().items()},
-            "model_configs": model_configs, "optimizer": optimizer.state_dict(), "masks": masks.state_dict(),
+            "models": states[0],
+            "model_configs": model_configs, "optimizer": states[1], "masks": masks.state_dict(),
             "loader": loader.state_dict(), "rng": rng_state(),
             "config": OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else None,
         }, path)
 
-    model = DDP(method) if info.enabled else method
     method.train()
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext())
     logger = MetricsLogger(stage_dir, stage.name, total, step, enabled=info.is_main)
+    # periodic k-NN / linear quick probe (experiment.probe.every); FSDP would need every rank to join
+    quick_probe = PeriodicProbe(cfg, stage_dir, device, enabled=info.is_main and not cfg.perf.fsdp)
     accum = cfg.optim.accum_steps
     t_start = time.perf_counter()
     window = []
@@ -113,12 +123,12 @@ def train_stage(cfg, stage, stage_dir: Path, info: DistInfo, device: torch.devic
             lr, wd = schedule.apply(optimizer, step)
             optimizer.zero_grad(set_to_none=True)
             loss_sum = torch.zeros((), device=device)
-            micro = _micro_batches(video, batch_masks, batch.get("captions"), accum)
-            for j, (v, ms, caps) in enumerate(micro):
-                # DDP syncs gradients on the last micro-batch only
-                sync = nullcontext() if (j == accum - 1 or not info.enabled) else model.no_sync()
-                with sync, autocast:
-                    loss, _ = model(v, ms, caps)
+            targets = batch["targets"].to(device, non_blocking=True) if "targets" in batch else None
+            micro = _micro_batches(video, batch_masks, batch.get("captions"), accum, targets)
+            for j, (v, ms, caps, kw) in enumerate(micro):
+                # DDP / FSDP sync gradients on the last micro-batch only
+                with sync_context(model, info, j == accum - 1), autocast:
+                    loss, _ = model(v, ms, caps, **kw)
                     (loss / accum).backward()
                 loss_sum += loss.detach() / accum
             loss_value = all_reduce_mean(loss_sum, info).item()
@@ -134,7 +144,7 @@ def train_stage(cfg, stage, stage_dir: Path, info: DistInfo, device: torch.devic
                 continue
             grad_norm = None
             if cfg.optim.clip_grad:
-                grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.optim.clip_grad).item()
+                grad_norm = scalar(torch.nn.utils.clip_grad_norm_(params, cfg.optim.clip_grad))
             optimizer.step()
             extra = method.after_step(step, total)
             step += 1
@@ -147,6 +157,7 @@ def train_stage(cfg, stage, stage_dir: Path, info: DistInfo, device: torch.devic
                                   "clips_per_s": video.shape[0] * info.world_size / dt, "data_wait_s": t_data,
                                   "step_s": dt, **extra})
                 window = []
+            quick_probe(step, total, method.encoder, logger)
             wall = wall_before + time.perf_counter() - t_start
             preempted = step < total and preemption.requested(info)
             interrupted = preempted or (cfg.stop_at_step is not None and cfg.stop_at_step <= step < total)
@@ -164,10 +175,11 @@ def train_stage(cfg, stage, stage_dir: Path, info: DistInfo, device: torch.devic
         logger.close()
 
     wall = wall_before + time.perf_counter() - t_start
-    if info.is_main:
+    states = checkpoint_states(model, method, info=info)
+    if states is not None:
         save_atomic({"format": "vjepa-stage", "stage": stage.name, "method": stage.method, "step": step,
                      "wall_seconds": wall, "last_loss": last_loss, "model_configs": model_configs,
-                     "models": {n: m.state_dict() for n, m in method.saved_modules().items()}}, final_path)
+                     "models": states[0]}, final_path)
     skips = loader.skip_counts() if hasattr(loader, "skip_counts") else {}
     return {"steps": step, "final_loss": last_loss, "wall_seconds": wall, "skipped": skips, "complete": True}
 
