@@ -204,7 +204,6 @@ class DaliReader:
     backend = "dali"
 
     def __init__(self, path: str, device: str = "cpu", device_id: int = 0, threads: int = 1):
-        import av
 
         check_file(path)
         self.path, self.device = str(path), device

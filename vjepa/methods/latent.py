@@ -62,15 +62,19 @@ class LatentPrediction(Method):
             return F.smooth_l1_loss(pred, target)
         return (pred - target).pow(2).mean()
 
-    def forward(self, video, masks, captions=None, targets=None):
-        """`targets`: the teacher's layer-normed features of `video` [B, N, D] when they were computed ahead
-        (a target cache); otherwise the teacher runs here."""
+    def teacher_targets(self, video, targets=None) -> torch.Tensor:
+        """The teacher's layer-normed features of the whole clip [B, N, D] (float32), or the cached ones."""
         if targets is None:
             if self.teacher is None:
                 raise ValueError("this method's teacher was released for cached targets: pass targets=")
             with torch.no_grad():
                 targets = layer_norm_targets(self.teacher(video))
-        targets = targets.float()
+        return targets.float()
+
+    def forward(self, video, masks, captions=None, targets=None):
+        """`targets`: the teacher's layer-normed features of `video` [B, N, D] when they were computed ahead
+        (a target cache); otherwise the teacher runs here."""
+        targets = self.teacher_targets(video, targets)
         grid = self.encoder.patch_embed_grid(video)
         losses = []
         for i, mask in enumerate(masks):

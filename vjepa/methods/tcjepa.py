@@ -15,7 +15,6 @@ import logging
 import torch
 import torch.nn as nn
 
-from vjepa.methods.base import layer_norm_targets
 from vjepa.methods.latent import LatentPrediction
 from vjepa.models import gather_tokens
 from vjepa.models.text import TextCondition, TextConditioner, TextEncoder, TextProjection, sparsity_consistency
@@ -82,12 +81,7 @@ class TextConditionedPrediction(LatentPrediction):
             log.info("tcjepa: items without a caption train with the learned null caption (counted)")
         self.uncaptioned_items += missing
         self.seen_items += video.shape[0]
-        if targets is None:
-            if self.teacher is None:
-                raise ValueError("this method's teacher was released for cached targets: pass targets=")
-            with torch.no_grad():
-                targets = layer_norm_targets(self.teacher(video))
-        targets = targets.float()
+        targets = self.teacher_targets(video, targets)
         grid = self.encoder.patch_embed_grid(video)
         predict, sparse, consistency = [], [], []
         for i, mask in enumerate(masks):

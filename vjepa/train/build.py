@@ -8,7 +8,7 @@ from vjepa.masks import build_masks
 from vjepa.methods import LatentPrediction, Method, PixelReconstruction
 from vjepa.models import Predictor, VisionTransformer, vit
 from vjepa.models.heads import pixels_per_token
-from vjepa.train.checkpoint import CheckpointError, load_state_strict
+from vjepa.train.checkpoint import CheckpointError
 
 
 def encoder_kwargs(cfg, size: str | None = None) -> dict:

@@ -21,15 +21,11 @@ def _clip_kwargs(cfg) -> dict:
                 size=d.crop_size, backend=d.backend, max_consecutive_failures=d.max_consecutive_failures)
 
 
-class EndlessLoader:
-    """Yields batches across epochs forever; its state is the wrapped loader's (epoch, batches consumed)."""
+class LoaderWrapper:
+    """A loader around another: state (epoch, batches consumed) and skip counts are the wrapped loader's."""
 
     def __init__(self, loader):
         self.loader = loader
-
-    def __iter__(self):
-        while True:
-            yield from self.loader
 
     def state_dict(self) -> dict:
         return self.loader.state_dict()
@@ -39,6 +35,14 @@ class EndlessLoader:
 
     def skip_counts(self) -> dict:
         return self.loader.skip_counts()
+
+
+class EndlessLoader(LoaderWrapper):
+    """Yields batches across epochs forever."""
+
+    def __iter__(self):
+        while True:
+            yield from self.loader
 
 
 def build_train_loader(cfg, stage, info, seed: int) -> EndlessLoader:

@@ -38,6 +38,7 @@ from torchvision.transforms import v2
 from data.clips import clip_indices, frame_step_for
 from data.dataset import is_image, read_image
 from vjepa.methods.base import layer_norm_targets
+from vjepa.train.data import LoaderWrapper
 
 log = logging.getLogger(__name__)
 
@@ -187,12 +188,13 @@ class TargetCache:
                 "computed on (different decode, crop or normalisation); rebuild the cache on this machine/software")
 
 
-class CachedTargetLoader:
+class CachedTargetLoader(LoaderWrapper):
     """Wraps the trainer's endless loader: each batch also carries `targets` (float16 [B, N, D]) read from the
     cache for the batch's items and view (= the loader's epoch % K). State = the wrapped loader's."""
 
     def __init__(self, loader, cache: TargetCache, verify: bool = True):
-        self.loader, self.cache, self.verify = loader, cache, verify
+        super().__init__(loader)
+        self.cache, self.verify = cache, verify
         self.clip_loader = loader.loader
 
     def __iter__(self):
@@ -209,14 +211,6 @@ class CachedTargetLoader:
                 batch["targets"] = batch["targets"].pin_memory()
             yield batch
 
-    def state_dict(self) -> dict:
-        return self.loader.state_dict()
-
-    def load_state_dict(self, state: dict) -> None:
-        self.loader.load_state_dict(state)
-
-    def skip_counts(self) -> dict:
-        return self.loader.skip_counts()
 
 
 # ---- building ------------------------------------------------------------------------------------------------
