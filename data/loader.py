@@ -190,7 +190,7 @@ def build_loader(manifests=None, *, items: list[Item] | None = None, image_folde
                  frames_per_clip: int = 16, frame_step: int | None = None, fps: float | None = None,
                  duration: float | None = None, num_clips: int = 1, short: str = "pad",
                  size: int = 224, crop_scale=(0.3, 1.0), crop_ratio=(0.75, 1.35), flip: float = 0.5,
-                 eval_crops: int = 1, eval_resize_ratio: float = 256 / 224,
+                 randaugment: bool = False, eval_crops: int = 1, eval_resize_ratio: float = 256 / 224,
                  backend: str = "decord", decoder_options: dict | None = None,
                  num_workers: int = 2, pin_memory: bool | None = None, persistent_workers: bool = True,
                  prefetch_factor: int = 2, seed: int = 0, rank: int | None = None, world_size: int | None = None,
@@ -215,7 +215,8 @@ def build_loader(manifests=None, *, items: list[Item] | None = None, image_folde
         items, _ = items_from_image_folder(image_folder)
     rank, world_size = _dist_rank_world(rank, world_size)
     if train:
-        transform = build_transform(True, size, scale=tuple(crop_scale), ratio=tuple(crop_ratio), flip=flip)
+        transform = build_transform(True, size, scale=tuple(crop_scale), ratio=tuple(crop_ratio), flip=flip,
+                                    randaugment=randaugment)
     else:
         transform = build_transform(False, size, eval_crops=eval_crops)
         if eval_crops == 1:

@@ -33,10 +33,13 @@ def to_normalised_cthw(video: torch.Tensor) -> torch.Tensor:
     return out.mul_(_SCALE.to(video.device)).add_(_SHIFT.to(video.device))
 
 
-def train_transform(size: int = 224, scale=(0.3, 1.0), ratio=(0.75, 1.35), flip: float = 0.5) -> v2.Compose:
+def train_transform(size: int = 224, scale=(0.3, 1.0), ratio=(0.75, 1.35), flip: float = 0.5,
+                    randaugment: bool = False) -> v2.Compose:
     # crop/resize on uint8 (4x less memory traffic than float) before converting
-    return v2.Compose([v2.RandomResizedCrop(size, scale=scale, ratio=ratio, antialias=True),
-                       v2.RandomHorizontalFlip(flip)])
+    steps = [v2.RandomResizedCrop(size, scale=scale, ratio=ratio, antialias=True), v2.RandomHorizontalFlip(flip)]
+    if randaugment:  # the probe's optional augmentation; one draw of ops per clip, so all frames get the same
+        steps.append(v2.RandAugment())
+    return v2.Compose(steps)
 
 
 def eval_transform(size: int = 224, resize_ratio: float = 256 / 224) -> v2.Compose:

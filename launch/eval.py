@@ -57,6 +57,7 @@ class EvalProbeConfig:
     num_views: int = 1  # 1 (centre crop) or 3 (three crops)
     attend_across_segments: bool = True
     augment: bool = False
+    randaugment: bool = False  # with augment: RandAugment on top of the random resized crop
     cache: str = "memory"  # memory | disk | none
     cache_dir: Optional[str] = None
     cache_dtype: str = "float16"
@@ -108,7 +109,8 @@ def build_loaders(cfg, settings):
               size=d.crop_size, backend=d.backend, max_consecutive_failures=d.max_consecutive_failures,
               batch_size=d.batch_size, num_workers=d.num_workers, seed=cfg.seed, rank=0, world_size=1,
               num_clips=settings.num_segments)
-    train_loader = build_loader(train, train=settings.augment, crop_scale=tuple(d.crop_scale), **kw)
+    train_loader = build_loader(train, train=settings.augment, crop_scale=tuple(d.crop_scale),
+                                randaugment=cfg.probe.randaugment, **kw)
     val_loader = build_loader([val], train=False, eval_crops=settings.num_views, **kw)
     return train_loader, val_loader
 
@@ -159,6 +161,16 @@ def format_results(results: dict, path: Path) -> str:
 @hydra.main(config_path="../configs", config_name="eval", version_base=None)
 def main(cfg) -> None:
     run_dir = Path(cfg.run_dir or HydraConfig.get().runtime.output_dir)
+    if cfg.launcher.name == "slurm":  # the same launcher options as training (docs/slurm.md)
+        from launch.slurm import submit, wait
+
+        job = submit(cfg, run_dir, kind="eval")
+        if cfg.launcher.wait:
+            report = wait(job)
+            print(f"best top-1: {report['best_top1']}")
+        return
+    if cfg.launcher.name != "local":
+        raise ValueError(f"config key launcher.name: {cfg.launcher.name!r} is not local or slurm")
     evaluate(cfg, run_dir)
 
 

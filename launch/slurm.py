@@ -85,8 +85,9 @@ def executor_for(cfg, run_dir: Path, code: Path | None) -> submitit.AutoExecutor
     return executor
 
 
-def submit(cfg, run_dir: str | Path):
-    """Submit the experiment; returns the submitit job. Fails here, with sbatch's reason, if SLURM refuses."""
+def submit(cfg, run_dir: str | Path, kind: str = "train"):
+    """Submit a training experiment (kind "train") or a probe evaluation ("eval"); returns the submitit
+    job. Fails here, with sbatch's reason, if SLURM refuses."""
     preflight(cfg.launcher)
     run_dir = Path(run_dir).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -95,7 +96,7 @@ def submit(cfg, run_dir: str | Path):
     executor = executor_for(cfg, run_dir, code)
     job_cfg = OmegaConf.to_container(cfg, resolve=True)
     try:
-        job = executor.submit(TrainJob(job_cfg, str(run_dir)))
+        job = executor.submit(TrainJob(job_cfg, str(run_dir), kind=kind))
     except Exception as e:  # submitit wraps sbatch's stderr; say plainly that SLURM said no
         raise SubmissionError(f"SLURM refused the job: {e}") from None
     print(f"submitted SLURM job {job.job_id}; run directory: {run_dir}", flush=True)
@@ -110,10 +111,14 @@ def wait(job) -> dict:
 class TrainJob(submitit.helpers.Checkpointable):
     """The callable a SLURM task runs; `checkpoint()` is what submitit requeues on USR2."""
 
-    def __init__(self, cfg: dict, run_dir: str, attempt: int = 0):
-        self.cfg, self.run_dir, self.attempt = cfg, run_dir, attempt
+    def __init__(self, cfg: dict, run_dir: str, attempt: int = 0, kind: str = "train"):
+        self.cfg, self.run_dir, self.attempt, self.kind = cfg, run_dir, attempt, kind
 
     def __call__(self) -> dict:
+        if self.kind == "eval":  # no training state: a requeued evaluation simply runs again
+            from launch.eval import EvalConfig, evaluate
+
+            return evaluate(OmegaConf.merge(OmegaConf.structured(EvalConfig), self.cfg), Path(self.run_dir))
         from vjepa.train import preemption
         from vjepa.train.config import TrainConfig
         from vjepa.train.experiment import run_experiment
@@ -139,4 +144,4 @@ class TrainJob(submitit.helpers.Checkpointable):
         if self.attempt >= self.cfg["launcher"]["max_requeues"]:
             print(f"not requeuing: {self.attempt} requeues reached launcher.max_requeues", flush=True)
             return None
-        return submitit.helpers.DelayedSubmission(TrainJob(self.cfg, self.run_dir, self.attempt + 1))
+        return submitit.helpers.DelayedSubmission(TrainJob(self.cfg, self.run_dir, self.attempt + 1, self.kind))

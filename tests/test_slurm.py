@@ -104,3 +104,21 @@ def test_bad_submission_fails_at_submit_time_with_the_reason(embedded_data, tmp_
 
     with pytest.raises(SubmissionError, match=f"(?i)SLURM refused the job.*{reason}"):
         submit(slurm_cfg(embedded_data, tmp_path, override), tmp_path)
+
+
+def test_eval_submits_through_the_same_launcher(embedded_data, tmp_path):
+    import json
+
+    from test_eval import stage_checkpoint
+
+    ckpt = stage_checkpoint(tmp_path / "final.pt")
+    run = tmp_path / "eval"
+    out = subprocess.run(
+        [sys.executable, "-m", "launch.eval", f"checkpoint={ckpt}", f"data.root={embedded_data}",
+         "data.frames_per_clip=4", "data.crop_size=32", "data.num_workers=0", "probe.epochs=1", "launcher=slurm",
+         "launcher.cpus_per_task=1", "launcher.wait=true", f"hydra.run.dir={run}"],
+        cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "submitted SLURM job" in out.stdout
+    report = json.loads((run / "eval.json").read_text())
+    assert set(report["labels"]) == {"digit", "direction", "speed"}

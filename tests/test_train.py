@@ -236,3 +236,14 @@ def test_periodic_quick_probe_runs_in_the_loop_without_changing_training(embedde
     rows = (tmp_path / "probed" / "student" / "quick_probe.csv").read_text().splitlines()[1:]
     assert sorted({int(r.split(",")[0]) for r in rows}) == [2, 4]
     assert_states_equal(final_state(tmp_path / "plain", "student"), final_state(tmp_path / "probed", "student"))
+
+
+@pytest.mark.parametrize("method", ["pixel", "vjepa", "salt", "tcjepa"])
+def test_method_group_selects_a_single_stage_experiment(tmp_path, method):
+    cfg = make_cfg(tmp_path, tmp_path, f"method={method}")
+    assert [s.method for s in cfg.experiment.stages] == [method]
+    if method == "salt":  # a frozen teacher must be named
+        with pytest.raises(ValueError, match=r"stages\[0\].teacher"):
+            schema.check(cfg)
+    else:
+        schema.check(cfg)

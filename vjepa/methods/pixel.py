@@ -11,15 +11,15 @@ from vjepa.models import gather_tokens, normalized_pixel_targets
 class PixelReconstruction(Method):
     name = "pixel"
 
-    def __init__(self, encoder, decoder):
+    def __init__(self, encoder, decoder, norm_eps: float = 1e-6):
         super().__init__()
-        self.encoder, self.decoder = encoder, decoder
+        self.encoder, self.decoder, self.norm_eps = encoder, decoder, norm_eps
 
     def trained_modules(self):
         return {"encoder": self.encoder, "decoder": self.decoder}
 
     def forward(self, video, masks, captions=None):
-        targets = normalized_pixel_targets(video, self.encoder.tubelet_size, self.encoder.patch_size)
+        targets = normalized_pixel_targets(video, self.encoder.tubelet_size, self.encoder.patch_size, self.norm_eps)
         grid = self.encoder.patch_embed_grid(video)
         losses = []
         for i, mask in enumerate(masks):

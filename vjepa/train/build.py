@@ -62,7 +62,7 @@ def build_method(cfg, stage, teacher_file: str | Path | None = None) -> tuple[Me
     if stage.method == "pixel":
         dec_kw = head_kwargs(cfg.decoder, encoder, pixels_per_token(encoder), len(generators))
         configs["decoder"] = dec_kw
-        return PixelReconstruction(encoder, Predictor(**dec_kw)), configs, generators
+        return PixelReconstruction(encoder, Predictor(**dec_kw), stage.pixel_norm_eps), configs, generators
     if stage.method == "contrastive":  # TC-JEPA's CLIP-style baseline: same encoder, same text model, no masks
         from vjepa.methods.contrastive import ContrastiveImageText
         from vjepa.models.text import TextEncoder

@@ -78,6 +78,9 @@ class StageConfig:
     mask: Optional[str] = None  # override mask.kind for this stage
     loss: str = "l1"
     ema: List[float] = field(default_factory=lambda: [0.998, 1.0])
+    # pixel: eps of the per-tubelet target normalisation (x - mean) / sqrt(var + eps). VideoMAE's 1e-6 turns
+    # flat patches (a plain background) into unit-variance codec noise, which no model can predict.
+    pixel_norm_eps: float = 1e-6
 
 
 @dataclass
