@@ -26,7 +26,7 @@ def test_flicker_is_per_patch_per_frame_and_loud():
 @pytest.mark.slow
 def test_bridge_runs_both_objectives_end_to_end():
     result = bridge.run_bridge(steps=6, eval_every=3, n_train_clips=64, n_probe_train=60, n_probe_test=40,
-                               conditions=("flicker",))
+                               conditions=("flicker",), data="memory")
     runs = result["conditions"]["flicker"]["runs"]
     for objective in ("pixel", "latent"):
         assert runs[objective]["step"] == [0, 3, 6]
@@ -34,3 +34,13 @@ def test_bridge_runs_both_objectives_end_to_end():
         assert all(math.isfinite(loss) for loss in runs[objective]["loss"][1:])
     # the two objectives start from the same initial encoder (same seed): same step-0 probe
     assert runs["pixel"]["accuracy"][0] == runs["latent"]["accuracy"][0]
+
+
+def test_embedded_clips_are_the_decoded_videos_plus_patch_flicker(embedded_data):
+    clean, labels = bridge.embedded_clips(embedded_data, 0.0, seed=0, split="val")
+    noisy, labels2 = bridge.embedded_clips(embedded_data, 0.5, seed=0, split="val")
+    assert torch.equal(labels, labels2) and clean.shape[1:] == (3, bridge.FRAMES, bridge.SIZE, bridge.SIZE)
+    offset = noisy - clean
+    patches = offset.unfold(3, bridge.PATCH, bridge.PATCH).unfold(4, bridge.PATCH, bridge.PATCH)
+    assert torch.allclose(patches.std(dim=(-1, -2)), torch.zeros(1), atol=1e-4)  # one offset per patch
+    assert offset.std() > 1.5 * clean.std()  # the flicker is the loud part of the signal

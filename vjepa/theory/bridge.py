@@ -9,8 +9,9 @@ the quiet, predictable factor. Two tiny ViTs (same architecture, same tube masks
   latent: a narrow predictor predicts the layer-normed features of the masked tubelets given by an EMA copy of
           the encoder (stop-gradient target, V-JEPA-style).
 Every few steps a linear probe (logistic regression on mean-pooled frozen features) measures how decodable the
-digit is. The clips are rendered in memory from sklearn digits (the embedded H.264 dataset of `data.synthetic`
-was not ready when this was written; the question does not depend on the codec).
+digit is. Data: the embedded dataset (`data="embedded"`, the default: real H.264 clips of moving digits from
+`data.synthetic`, decoded by the data package, flicker added to the decoded frames), or clips rendered in
+memory (`data="memory"`: a coloured digit over a smooth background, used by the quick tests).
 """
 from __future__ import annotations
 
@@ -64,6 +65,24 @@ def render_clips(n: int, flicker_std: float, seed: int, sprites=None) -> tuple[t
         clips += np.kron(offsets, np.ones((PATCH, PATCH), dtype=np.float32))[..., None]
     video = torch.from_numpy(clips).permute(0, 4, 1, 2, 3).contiguous()
     return video, torch.as_tensor(labels[pick])
+
+
+def embedded_clips(root, flicker_std: float, seed: int, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The embedded dataset's clips ([n, 3, FRAMES, SIZE, SIZE], centre view, ImageNet-normalised) and digit
+    labels, decoded from its H.264 files, with the same per-patch flicker as `render_clips` added."""
+    from data.loader import build_loader
+
+    loader = build_loader([str(root / f"{split}.jsonl")], train=False, batch_size=64, frames_per_clip=FRAMES,
+                          frame_step=2, size=SIZE, eval_resize_ratio=1.0, num_workers=0, seed=seed)
+    batches = list(loader)
+    video = torch.cat([b["video"] for b in batches])
+    labels = torch.cat([b["labels"]["digit"] for b in batches])
+    if flicker_std > 0:
+        g = torch.Generator().manual_seed(seed)
+        n, grid = video.shape[0], SIZE // PATCH
+        offsets = torch.randn(n, 1, FRAMES, grid, grid, generator=g) * flicker_std / 0.226  # in normalised units
+        video = video + offsets.repeat_interleave(PATCH, 3).repeat_interleave(PATCH, 4)
+    return video, labels
 
 
 def tiny_encoder() -> VisionTransformer:
@@ -164,17 +183,33 @@ def steps_to_reach(curve: dict, level: float) -> int | None:
 
 def run_bridge(steps: int = 300, seed: int = 0, flicker_std: float = 0.5,
                n_train_clips: int = 2000, n_probe_train: int = 600, n_probe_test: int = 400,
-               eval_every: int | None = None, conditions=("flicker", "clean")) -> dict:
+               eval_every: int | None = None, conditions=("flicker", "clean"), data: str = "embedded",
+               data_root: str = "runs/bridge-data", num_videos: int = 1200) -> dict:
     torch.set_num_threads(1)  # tiny model: one thread is fastest, and extra threads thrash on a shared CPU
+    if data not in ("embedded", "memory"):
+        raise ValueError(f"bridge data must be 'embedded' or 'memory', got {data!r}")
     sprites = _digit_sprites()
+    root = None
+    if data == "embedded":
+        from pathlib import Path
+
+        from data.synthetic import ensure_synthetic
+
+        root = Path(ensure_synthetic(data_root, num_videos=num_videos, frames=8))
     eval_every = eval_every or max(1, steps // 6)
-    result = {"steps": steps, "flicker_std": flicker_std, "data": "in-memory sklearn digit clips (64x64, 4 frames)",
+    described = (f"embedded dataset ({root}, H.264, {FRAMES} frames at 64x64)" if data == "embedded"
+                 else "in-memory sklearn digit clips (64x64, 4 frames)")
+    result = {"steps": steps, "flicker_std": flicker_std, "data": described,
               "conditions": {}}
     for condition in conditions:
         std = flicker_std if condition == "flicker" else 0.0
-        clips, _ = render_clips(n_train_clips, std, seed, sprites)
-        probe_sets = (render_clips(n_probe_train, std, seed + 1, sprites),
-                      render_clips(n_probe_test, std, seed + 2, sprites))
+        if data == "embedded":  # SSL on the train split; the probe fits on train, scores on val
+            train_set = embedded_clips(root, std, seed, "train")
+            clips, probe_sets = train_set[0], (train_set, embedded_clips(root, std, seed + 2, "val"))
+        else:
+            clips, _ = render_clips(n_train_clips, std, seed, sprites)
+            probe_sets = (render_clips(n_probe_train, std, seed + 1, sprites),
+                          render_clips(n_probe_test, std, seed + 2, sprites))
         pixels = probe_sets[0][0].flatten(1).numpy()
         runs = {obj: train_objective(obj, clips, probe_sets, steps, eval_every, seed) for obj in ("pixel", "latent")}
         result["conditions"][condition] = {
