@@ -18,26 +18,18 @@ import hydra
 from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
 
-from vjepa.train.config import LauncherConfig
+from vjepa.train.config import DataConfig, LauncherConfig
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
-class EvalDataConfig:
-    root: str = "runs/embedded-data"  # the embedded dataset, generated here when train is empty
-    train: List[str] = field(default_factory=list)
-    val: Optional[str] = None
-    frames_per_clip: int = 16
+class EvalDataConfig(DataConfig):
+    """The training data schema with evaluation defaults (224 px, frame step 4) and the probe's crop scale."""
     frame_step: Optional[int] = 4
-    fps: Optional[float] = None
-    duration: Optional[float] = None
     crop_size: int = 224
     crop_scale: List[float] = field(default_factory=lambda: [0.08, 1.0])  # training augmentation only
-    batch_size: int = 16
     num_workers: int = 4
-    backend: str = "decord"
-    max_consecutive_failures: int = 20
 
 
 @dataclass
@@ -161,17 +153,10 @@ def format_results(results: dict, path: Path) -> str:
 @hydra.main(config_path="../configs", config_name="eval", version_base=None)
 def main(cfg) -> None:
     run_dir = Path(cfg.run_dir or HydraConfig.get().runtime.output_dir)
-    if cfg.launcher.name == "slurm":  # the same launcher options as training (docs/slurm.md)
-        from launch.slurm import submit, wait
+    from launch.slurm import launch
 
-        job = submit(cfg, run_dir, kind="eval")
-        if cfg.launcher.wait:
-            report = wait(job)
-            print(f"best top-1: {report['best_top1']}")
-        return
-    if cfg.launcher.name != "local":
-        raise ValueError(f"config key launcher.name: {cfg.launcher.name!r} is not local or slurm")
-    evaluate(cfg, run_dir)
+    # the same launcher options as training (docs/slurm.md)
+    launch(cfg, run_dir, "eval", evaluate, lambda report: f"best top-1: {report['best_top1']}")
 
 
 if __name__ == "__main__":

@@ -103,6 +103,19 @@ def submit(cfg, run_dir: str | Path, kind: str = "train"):
     return job
 
 
+def launch(cfg, run_dir: Path, kind: str, run_local, describe) -> None:
+    """The one dispatch of the entry points: launcher=local runs `run_local(cfg, run_dir)` here;
+    launcher=slurm submits a `kind` job (and, with launcher.wait, prints `describe(result)`)."""
+    if cfg.launcher.name == "slurm":
+        job = submit(cfg, run_dir, kind=kind)
+        if cfg.launcher.wait:
+            print(describe(wait(job)))
+        return
+    if cfg.launcher.name != "local":
+        raise ValueError(f"config key launcher.name: {cfg.launcher.name!r} is not local or slurm")
+    run_local(cfg, run_dir)
+
+
 def wait(job) -> dict:
     """Block until the job ends; rank 0's summary (every task returns one)."""
     return job.results()[0]

@@ -18,21 +18,13 @@ ConfigStore.instance().store(name="train_schema", node=TrainConfig)
 
 @hydra.main(config_path="../configs", config_name="config", version_base=None)
 def main(cfg) -> None:
+    from launch.slurm import launch
     from vjepa.train.config import check
     from vjepa.train.experiment import format_table, run_experiment
 
     check(cfg)
     run_dir = Path(cfg.run_dir or HydraConfig.get().runtime.output_dir)
-    if cfg.launcher.name == "slurm":
-        from launch.slurm import submit, wait
-
-        job = submit(cfg, run_dir)
-        if cfg.launcher.wait:
-            print(format_table(wait(job)))
-        return
-    if cfg.launcher.name != "local":
-        raise ValueError(f"config key launcher.name: {cfg.launcher.name!r} is not local or slurm")
-    run_experiment(cfg, run_dir)
+    launch(cfg, run_dir, "train", run_experiment, format_table)
 
 
 if __name__ == "__main__":
