@@ -54,6 +54,7 @@ def run_experiment(cfg, run_dir: str | Path) -> dict:
         plot_losses({name: run_dir / name / "metrics.csv" for name in stages}, run_dir / "loss.png")
         if cfg.experiment.probe.enabled:
             summary["probe"] = probe_all(cfg, finals, device)
+            summary["probe_kind"] = cfg.experiment.probe.kind
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
         print(format_table(summary))
     return summary
@@ -94,7 +95,8 @@ def format_table(summary: dict) -> str:
     probe = summary.get("probe") or {}
     if probe:
         labels = sorted({k for v in probe.values() for k in v})
-        lines += ["", "linear probe top-1 (%)".ljust(14) + "".join(f"{l:>12}" for l in labels)]
+        lines += ["", f"{summary.get('probe_kind', 'linear')} probe, top-1 (%)",
+                  "encoder".ljust(14) + "".join(f"{l:>12}" for l in labels)]
         for model, acc in probe.items():
             lines.append(f"{model:<14}" + "".join(f"{acc.get(l, float('nan')):>12.1f}" for l in labels))
     lines.append(f"\nrun directory: {summary['run_dir']}")
