@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from timm.layers import Mlp, trunc_normal_
 
 from vjepa.models.layers import Block
+from vjepa.train.checkpoint import load_state_strict
 
 VARIANTS = ("vjepa2", "vjepa1")
 
@@ -206,7 +207,7 @@ def load_reference_probes(src, num_heads: int, norm_eps: float = 1e-5) -> list[A
     for i, raw in enumerate(ckpt["classifiers"]):
         state = strip_module_prefix(raw)
         head = AttentiveClassifier(**config_from_state(state, num_heads), norm_eps=norm_eps)
-        _load_strict(head, state, f"classifiers[{i}]")
+        load_state_strict(head, state, f"classifiers[{i}]")
         heads.append(head)
     return heads
 
@@ -299,12 +300,3 @@ def from_hf(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
-def _load_strict(module: nn.Module, state: Mapping[str, torch.Tensor], where: str) -> None:
-    own = module.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    shapes = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
-    if missing or unexpected or shapes:
-        raise KeyError(f"{where}: state does not fit the probe: missing {missing}, unexpected {unexpected}, "
-                       f"mis-shaped {[(k, tuple(state[k].shape), tuple(own[k].shape)) for k in shapes]}")
-    module.load_state_dict(state)

@@ -13,11 +13,13 @@ from collections.abc import Iterable, Mapping
 
 import torch
 
+from vjepa.train.checkpoint import CheckpointError
+
 # prefixes added by DDP (`module.`), the reference's multi-mask wrappers (`backbone.`) and torch.compile
 WRAPPER_PREFIXES = ("module.", "backbone.", "_orig_mod.")
 
 
-class CheckpointMismatchError(ValueError):
+class CheckpointMismatchError(ValueError, CheckpointError):
     """A checkpoint does not fit the model: lists every missing, unexpected and mis-shaped key."""
 
     def __init__(self, what: str, missing=(), unexpected=(), mismatched=(), hint: str = ""):
@@ -29,7 +31,7 @@ class CheckpointMismatchError(ValueError):
             lines.append(f"  unexpected ({len(self.unexpected)}): " + ", ".join(self.unexpected))
         if self.mismatched:
             lines.append(f"  mis-shaped ({len(self.mismatched)}): " + ", ".join(
-                f"{k} (checkpoint {tuple(a)} vs model {tuple(b)})" for k, a, b in self.mismatched))
+                f"{k}: checkpoint {tuple(a)} vs model {tuple(b)}" for k, a, b in self.mismatched))
         lines.append("  pass allow_missing=[...] (glob patterns) only for keys that are known extras" + (
             f"; {hint}" if hint else ""))
         super().__init__("\n".join(lines))

@@ -44,18 +44,11 @@ def load_file(path: str | Path, trusted: bool = False) -> dict:
 
 
 def load_state_strict(module: nn.Module, state: dict, what: str, allow_missing=()) -> None:
-    """load_state_dict that fails naming every missing, unexpected or mis-shaped key."""
-    own = module.state_dict()
-    missing = [k for k in own if k not in state and k not in allow_missing]
-    unexpected = [k for k in state if k not in own]
-    shapes = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-              for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
-    if missing or unexpected or shapes:
-        lines = [f"state of {what!r} does not fit the model:"]
-        for label, keys in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", shapes)):
-            if keys:
-                lines.append(f"  {label} ({len(keys)}): " + ", ".join(keys[:20]) + (" ..." if len(keys) > 20 else ""))
-        raise CheckpointError("\n".join(lines))
+    """load_state_dict that fails naming every missing, unexpected or mis-shaped key (the one check:
+    vjepa.interop.keys.check_state_dict; `allow_missing` takes glob patterns of known extras)."""
+    from vjepa.interop.keys import check_state_dict
+
+    check_state_dict({k: v.shape for k, v in module.state_dict().items()}, state, f"state of {what!r}", allow_missing)
     module.load_state_dict(state, strict=not allow_missing)
 
 

@@ -83,10 +83,10 @@ def load_full_state_dict(module: torch.nn.Module, state: dict, what: str) -> Non
     """Inverse of full_state_dict: copy full tensors into a (possibly sharded) module, strictly."""
     from torch.distributed.tensor import DTensor, distribute_tensor
 
+    from vjepa.interop.keys import check_state_dict
+
     own = module.state_dict()
-    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
-    if missing or unexpected:
-        raise KeyError(f"{what}: missing keys {missing[:10]}, unexpected keys {unexpected[:10]}")
+    check_state_dict({k: v.shape for k, v in own.items()}, state, what)  # DTensor shapes are the full ones
     with torch.no_grad():
         for k, v in own.items():
             src = state[k]
