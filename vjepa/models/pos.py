@@ -6,6 +6,7 @@ gets exact positions instead of an interpolated table.
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -49,6 +50,13 @@ def sincos_3d(dim: int, grid: tuple[int, int, int], uniform_power: bool = True,
     dt, dh, dw = sincos_3d_dims(dim, uniform_power)
     table = torch.cat([sincos_1d(dt, t_pos), sincos_1d(dh, h_pos), sincos_1d(dw, w_pos)], dim=1)
     return table[:, :dim].to(torch.float32).reshape(*ids.shape, dim)
+
+
+@functools.lru_cache(maxsize=64)
+def cached_sincos_3d(dim: int, grid: tuple[int, int, int], uniform_power: bool, device: str) -> torch.Tensor:
+    """The full [N, dim] table of a grid, built once per (dim, grid, device): a model's positions are looked
+    up in it every step (never modify the returned tensor)."""
+    return sincos_3d(dim, tuple(grid), uniform_power).to(device)
 
 
 class RoPE3D:

@@ -12,7 +12,7 @@ import torch.nn as nn
 from timm.layers import trunc_normal_
 
 from vjepa.models.layers import Block, LayerNorm, init_weights, rescale_blocks, run_blocks
-from vjepa.models.pos import RoPE3D, sincos_3d
+from vjepa.models.pos import RoPE3D, cached_sincos_3d
 
 
 class Predictor(nn.Module):
@@ -46,8 +46,9 @@ class Predictor(nn.Module):
         x = self.embed(ctx)
         m = self.mask_tokens[mask_index].to(x.dtype).expand(b, kt, -1)
         if self.pos_embed_type == "sincos":
-            x = x + sincos_3d(self.embed_dim, grid, self.uniform_power, ctx_ids).to(x)
-            m = m + sincos_3d(self.embed_dim, grid, self.uniform_power, tgt_ids).to(x)
+            table = cached_sincos_3d(self.embed_dim, tuple(grid), self.uniform_power, str(x.device)).to(x.dtype)
+            x = x + table[ctx_ids]
+            m = m + table[tgt_ids]
         x = torch.cat([x, m], dim=1)
         ids = torch.cat([ctx_ids, tgt_ids], dim=1)
         rope_tables = self.rope.tables(ids, grid, x.dtype) if self.rope is not None else None

@@ -5,7 +5,7 @@ import torch
 import torch.nn as nn
 
 from vjepa.models.layers import Block, LayerNorm, init_weights, rescale_blocks, run_blocks
-from vjepa.models.pos import RoPE3D, sincos_3d
+from vjepa.models.pos import RoPE3D, cached_sincos_3d
 
 # Reference dims (V-JEPA 1/2, I-JEPA public code). giant uses mlp 48/11; gigantic keeps the reference's
 # effective ratio 4 (its 64/13 falls through to the default there).
@@ -79,7 +79,6 @@ class VisionTransformer(nn.Module):
         self.blocks = nn.ModuleList(
             Block(embed_dim, num_heads, mlp_ratio, qkv_bias, dpr[i], rope=self.rope) for i in range(depth))
         self.norm = LayerNorm(embed_dim)
-        self._pos_cache: dict = {}
         self.apply(init_weights)
         rescale_blocks(self.blocks)
 
@@ -94,10 +93,7 @@ class VisionTransformer(nn.Module):
         return token_grid(t, (h, w), self.patch_size, self.tubelet_size)
 
     def sincos_table(self, grid, device) -> torch.Tensor:
-        key = (tuple(grid), str(device))
-        if key not in self._pos_cache:
-            self._pos_cache[key] = sincos_3d(self.embed_dim, grid, self.uniform_power).to(device)
-        return self._pos_cache[key]
+        return cached_sincos_3d(self.embed_dim, tuple(grid), self.uniform_power, str(device))
 
     def forward(self, x: torch.Tensor, masks: torch.Tensor | None = None, out_layers=None):
         """Encode; with `out_layers` (block indices) also return those blocks' raw outputs."""
