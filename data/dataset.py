@@ -7,6 +7,9 @@ clip placement, crop, flip, and which item replaces a bad one -- is derived from
 ``num_workers`` produce bit-identical batches.
 
 Images (``.jpg``, ``.png``, ...) are single-frame clips (T = 1) through the same path.
+
+A sample's ``video`` is a list of uint8 ``[C, T, H, W]`` views; the loader normalises whole batches on
+their device (``data.transforms.normalize``).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.utils.data import default_collate
 
 from data.clips import TooShort, clip_indices, frame_step_for
 from data.decoders import DecodeError, ReaderCache, check_file
@@ -59,7 +63,7 @@ def read_image(path: str) -> np.ndarray:
     check_file(path)
     try:
         with Image.open(path) as img:
-            return np.asarray(img.convert("RGB"))[None]
+            return np.array(img.convert("RGB"))[None]  # writable: torch.from_numpy warns on read-only arrays
     except Exception as e:
         raise DecodeError(path, "unreadable", f"{type(e).__name__}: {e}"[:200]) from None
 
@@ -109,6 +113,8 @@ class VideoDataset(torch.utils.data.Dataset):
         except DecodeError:
             self.readers.forget(item.path)
             raise
+        if len(clips) == 1 and np.array_equal(clips[0], wanted):
+            return [frames]  # the usual case (one clip, no repeated frame): no re-indexing copy
         pos = {int(f): i for i, f in enumerate(wanted)}
         return [frames[[pos[int(f)] for f in idx]] for idx in clips]
 
@@ -143,6 +149,17 @@ class VideoDataset(torch.utils.data.Dataset):
         return {"failed": failures}
 
 
+def _stack_clips(clips: list[torch.Tensor]) -> torch.Tensor:
+    """uint8 [C, T, H, W] clips -> [B, C, T, H, W], stored as [B, T, H, W, C].
+
+    The clips' memory is [T, H, W, C] (decoder output, kept by the channels-last resize), so stacking in
+    that order is a plain copy, while a [B, C, T, H, W] layout would be a transposing gather; the
+    transpose happens in the float pass on the device (data.transforms.normalize). default_collate
+    stacks straight into shared memory inside a worker (a plain torch.stack would be copied there once
+    more on the way to the training process)."""
+    return default_collate([c.permute(1, 2, 3, 0) for c in clips]).permute(0, 4, 1, 2, 3)
+
+
 def collate_clips(samples: list[dict]) -> dict:
     """Stack samples into a batch; see loader.py for the layout."""
     failed = [f for s in samples if "failed" in s for f in s["failed"]]
@@ -150,7 +167,7 @@ def collate_clips(samples: list[dict]) -> dict:
     if failed:
         return {"failed": failed, "skipped": skipped}
     num_views = len(samples[0]["video"])
-    views = [torch.stack([s["video"][v] for s in samples]) for v in range(num_views)]
+    views = [_stack_clips([s["video"][v] for s in samples]) for v in range(num_views)]
     names = sorted({k for s in samples for k in s["labels"]})
     labels = {k: torch.tensor([s["labels"].get(k, -1) for s in samples], dtype=torch.long) for k in names}
     return {"video": views[0] if num_views == 1 else views, "labels": labels,

@@ -1,8 +1,10 @@
 """``build_loader``: an exactly resumable, rank-sharded, bad-input-safe clip loader.
 
 Batches are dicts:
-- ``video``: float32 ``[B, C, T, H, W]`` (normalised). With several views per item (``num_clips > 1``
-  and/or ``eval_crops=3``) a list of such tensors, clip-major: ``[clip0crop0, clip0crop1, ..., clip1crop0, ...]``.
+- ``video``: float32 ``[B, C, T, H, W]`` (normalised) on the loader's ``device``. With several views per item
+  (``num_clips > 1`` and/or ``eval_crops=3``) a list of such tensors, clip-major:
+  ``[clip0crop0, clip0crop1, ..., clip1crop0, ...]``. Workers hand over uint8; the batch is copied to
+  ``device`` (pinned + non-blocking on CUDA) and normalised there (``normalize=False``: left uint8).
 - ``labels``: ``{name: LongTensor[B]}`` (``{}`` without labels; ``-1`` where an item lacks a label others have).
 - ``captions``: list (len B) of list[str]; ``index``: LongTensor[B] (dataset index); ``path``: list[str].
 - ``skipped``: list of ``(path, reason, detail)`` for items replaced while building this batch.
@@ -24,7 +26,7 @@ import torch
 
 from data.dataset import ClipSpec, VideoDataset, collate_clips
 from data.manifest import Item, read_manifests, items_from_image_folder
-from data.transforms import build_transform
+from data.transforms import build_transform, normalize
 
 log = logging.getLogger(__name__)
 
@@ -64,12 +66,14 @@ class ClipLoader:
     def __init__(self, dataset: VideoDataset, batch_size: int, shuffle: bool, drop_last: bool, seed: int,
                  rank: int, world_size: int, weights=None, num_workers: int = 2, pin_memory: bool = False,
                  persistent_workers: bool = True, prefetch_factor: int = 2, manifest_problems=(),
-                 worker_start: str = "forkserver", worker_timeout: float = 600.0):
+                 worker_start: str = "forkserver", worker_timeout: float = 600.0, device="cpu",
+                 normalize: bool = True):
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} not in [0, {world_size})")
         self.dataset, self.batch_size, self.shuffle, self.drop_last = dataset, batch_size, shuffle, drop_last
         self.seed, self.rank, self.world_size, self.weights = seed, rank, world_size, weights
         self.manifest_problems = list(manifest_problems)
+        self.device, self.normalize = torch.device(device), normalize
         self.epoch, self.batches_consumed = 0, 0
         self._skips: dict[int, Counter] = {}          # epoch -> reason -> count
         self._bad_files: dict[int, dict[str, str]] = {}  # epoch -> path -> reason
@@ -151,8 +155,15 @@ class ClipLoader:
                     f"bad files:\n  " + "\n  ".join(files))
             self.batches_consumed += 1
             self._last_epoch = self.epoch
+            video = batch["video"]
+            batch["video"] = [self._normalized(v) for v in video] if isinstance(video, list) else self._normalized(video)
             yield batch
         self.set_epoch(self.epoch + 1)
+
+
+    def _normalized(self, video: torch.Tensor) -> torch.Tensor:
+        video = video.to(self.device, non_blocking=video.is_pinned())
+        return normalize(video) if self.normalize else video
 
 
 def _worker_context(method: str):
@@ -196,12 +207,14 @@ def build_loader(manifests=None, *, items: list[Item] | None = None, image_folde
                  prefetch_factor: int = 2, seed: int = 0, rank: int | None = None, world_size: int | None = None,
                  shuffle: bool | None = None, drop_last: bool | None = None,
                  max_consecutive_failures: int = 10, worker_start: str = "forkserver",
-                 worker_timeout: float = 600.0) -> ClipLoader:
+                 worker_timeout: float = 600.0, device="cpu", normalize: bool = True) -> ClipLoader:
     """Build a loader from manifest path(s) (with optional per-manifest ``weights``), ready ``items``, or an
     ``image_folder`` (folder per class; images become T=1 clips).
 
     ``train`` selects random clip placement + RandomResizedCrop/flip; otherwise evenly spaced clips and
     resize + centre crop (``eval_crops=3``: three crops). ``shuffle``/``drop_last`` default to ``train``.
+    Batches arrive normalised on ``device`` (the training device: the float pass then runs there), or as
+    uint8 with ``normalize=False`` (for a consumer that normalises itself, e.g. inside a compiled step).
     """
     sources = sum(x is not None for x in (manifests, items, image_folder))
     if sources != 1:
@@ -229,8 +242,8 @@ def build_loader(manifests=None, *, items: list[Item] | None = None, image_folde
     clip = ClipSpec(frames_per_clip, frame_step, fps, duration, num_clips, short)
     dataset = VideoDataset(items, transform, clip, train, seed, backend, decoder_options, max_consecutive_failures)
     if pin_memory is None:
-        pin_memory = torch.cuda.is_available()
+        pin_memory = torch.device(device).type == "cuda"
     return ClipLoader(dataset, batch_size, train if shuffle is None else shuffle,
                       train if drop_last is None else drop_last, seed, rank, world_size, sample_weights,
                       num_workers, pin_memory, persistent_workers, prefetch_factor, problems,
-                      worker_start, worker_timeout)
+                      worker_start, worker_timeout, device, normalize)

@@ -1,11 +1,12 @@
 """Clip transforms on uint8 video tensors with torchvision.transforms.v2.
 
-Input: uint8 ``[T, H, W, C]`` (what the decoders return). Output: float32 ``[C, T, H, W]``
-normalised with ImageNet mean/std. Geometry (crop, resize, flip) runs in torchvision v2 on uint8;
-conversion + normalisation + the move to ``[C, T, H, W]`` are fused into one pass (:func:`to_normalised_cthw`):
-v2's ToDtype, Normalize and a permute-copy were three full passes over the float clip and cost more
-than decoding. All frames of a clip get the same crop and flip (v2 transforms
-draw one set of parameters per call for a ``tv_tensors.Video``).
+Input: uint8 ``[T, H, W, C]`` (what the decoders return). :func:`apply` runs the geometry (crop, resize,
+flip) in torchvision v2 on uint8 and returns uint8 ``[C, T, H, W]``; :func:`normalize` turns a batch of
+those into float32 normalised with ImageNet mean/std. The loader normalises *after* the batch reached its
+device (``data.loader.ClipLoader``): uint8 is 4x less to collate, pass between processes and copy to the
+GPU, and the float pass costs nothing there, while in a CPU worker it cost about a tenth of the decode.
+All frames of a clip get the same crop and flip (v2 transforms draw one set of parameters per call for
+a ``tv_tensors.Video``).
 
 Randomness is drawn from torch's global generator inside ``torch.random.fork_rng`` seeded by the
 caller, so a clip's augmentation is a pure function of the seed it is given (see dataset.py) and the
@@ -26,10 +27,12 @@ _SCALE = torch.tensor([1 / (255 * s) for s in IMAGENET_STD]).view(3, 1, 1, 1)
 _SHIFT = torch.tensor([-m / s for m, s in zip(IMAGENET_MEAN, IMAGENET_STD)]).view(3, 1, 1, 1)
 
 
-def to_normalised_cthw(video: torch.Tensor) -> torch.Tensor:
-    """uint8 [T, C, H, W] -> float32 [C, T, H, W], (x / 255 - mean) / std: equal to v2.ToDtype + v2.Normalize."""
-    out = torch.empty((video.shape[1], video.shape[0], *video.shape[2:]), dtype=torch.float32, device=video.device)
-    out.copy_(video.permute(1, 0, 2, 3))  # converts and transposes in one pass
+def normalize(video: torch.Tensor) -> torch.Tensor:
+    """uint8 ``[..., C, T, H, W]`` -> float32, ``(x / 255 - mean) / std`` per channel (= v2.ToDtype +
+    v2.Normalize), on the tensor's device."""
+    if video.dtype != torch.uint8:
+        raise TypeError(f"normalize expects uint8 video, got {video.dtype}")
+    out = torch.empty(video.shape, dtype=torch.float32, device=video.device).copy_(video)
     return out.mul_(_SCALE.to(video.device)).add_(_SHIFT.to(video.device))
 
 
@@ -65,7 +68,8 @@ class ThreeCrop:
 
 
 def apply(transform, frames: torch.Tensor, seed: int | None = None) -> list[torch.Tensor]:
-    """uint8 [T, H, W, C] -> list of float32 [C, T, H, W] views (one, or three for ThreeCrop)."""
+    """uint8 [T, H, W, C] -> list of uint8 [C, T, H, W] views (one, or three for ThreeCrop; strided, not
+    necessarily contiguous); see :func:`normalize`."""
     video = tv_tensors.Video(frames.permute(0, 3, 1, 2))  # [T, C, H, W]
     # one clip is too small for intra-op threads: on a busy machine they cost 100x the work itself
     threads = torch.get_num_threads()
@@ -75,12 +79,15 @@ def apply(transform, frames: torch.Tensor, seed: int | None = None) -> list[torc
             out = transform(video)
         else:
             with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(seed)
+                # the CPU generator only: torch.manual_seed also queues a lazy CUDA seeding (with a stack trace)
+                torch.default_generator.manual_seed(seed)
                 out = transform(video)
     finally:
         torch.set_num_threads(threads)
     views = out if isinstance(out, list) else [out]
-    return [to_normalised_cthw(v.as_subclass(torch.Tensor)) for v in views]
+    # a view, not a copy: the resize wrote [T, H, W, C] memory, and the batch's torch.stack (collate) makes
+    # the one copy to [B, C, T, H, W] anyway
+    return [v.as_subclass(torch.Tensor).permute(1, 0, 2, 3) for v in views]
 
 
 def build_transform(train: bool, size: int = 224, eval_crops: int = 1, **train_kw):

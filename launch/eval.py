@@ -83,7 +83,7 @@ def settings_from(cfg):
                          cache_dir=p.cache_dir, cache_dtype=p.cache_dtype, seed=cfg.seed)
 
 
-def build_loaders(cfg, settings):
+def build_loaders(cfg, settings, device="cpu"):
     from data.loader import build_loader
     from data.synthetic import ensure_synthetic
 
@@ -100,7 +100,7 @@ def build_loaders(cfg, settings):
     kw = dict(frames_per_clip=d.frames_per_clip, frame_step=d.frame_step, fps=d.fps, duration=d.duration,
               size=d.crop_size, backend=d.backend, max_consecutive_failures=d.max_consecutive_failures,
               batch_size=d.batch_size, num_workers=d.num_workers, seed=cfg.seed, rank=0, world_size=1,
-              num_clips=settings.num_segments)
+              num_clips=settings.num_segments, device=device)
     train_loader = build_loader(train, train=settings.augment, crop_scale=tuple(d.crop_scale),
                                 randaugment=cfg.probe.randaugment, **kw)
     val_loader = build_loader([val], train=False, eval_crops=settings.num_views, **kw)
@@ -127,7 +127,7 @@ def evaluate(cfg, run_dir: Path) -> dict:
     pretrained = load_pretrained(cfg.checkpoint, format=cfg.format, checkpoint_key=cfg.checkpoint_key,
                                  predictor=False, img_size=cfg.data.crop_size, num_frames=cfg.data.frames_per_clip)
     log.info("encoder:\n%s", pretrained.summary())
-    train_loader, val_loader = build_loaders(cfg, settings)
+    train_loader, val_loader = build_loaders(cfg, settings, device)
     t = time.perf_counter()
     results = run_probe(pretrained.encoder, train_loader, val_loader, settings, device,
                         label_names=list(cfg.probe.labels) if cfg.probe.labels else None)

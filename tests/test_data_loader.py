@@ -41,6 +41,23 @@ def test_batch_layout(root):
     assert len(loader) == 24 // 4 and loader.state_dict()["batches_consumed"] == 1
 
 
+def test_normalised_on_the_device_equals_torchvision_pipeline(root):
+    """Workers hand over uint8; the float pass on the loader's device = v2.ToDtype + v2.Normalize of the
+    same uint8 clip, and normalize=False hands that uint8 clip over unchanged."""
+    from torchvision.transforms import v2
+
+    from data.transforms import IMAGENET_MEAN, IMAGENET_STD
+
+    raw = next(iter(build_loader(root / "train.jsonl", num_workers=1, normalize=False, **CLIP)))["video"]
+    assert raw.dtype == torch.uint8 and raw.shape == (4, 3, 4, 32, 32)
+    assert raw.float().std() > 10  # real pixels, not a constant
+    normed = next(iter(build_loader(root / "train.jsonl", num_workers=0, **CLIP)))["video"]
+    assert normed.is_contiguous()
+    frames = raw.permute(0, 2, 1, 3, 4).reshape(-1, 3, 32, 32)  # [B*T, C, H, W] for v2
+    ref = v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)(v2.ToDtype(torch.float32, scale=True)(frames))
+    torch.testing.assert_close(normed, ref.reshape(4, 4, 3, 32, 32).permute(0, 2, 1, 3, 4), rtol=0, atol=1e-5)
+
+
 def test_resume_is_exact_and_workers_do_not_matter(root):
     full = build_loader(root / "train.jsonl", num_workers=0, seed=5, **CLIP)
     epoch0, epoch1 = _videos(full), _videos(full)

@@ -9,7 +9,7 @@ from torchvision.transforms import v2
 
 from data.decoders import open_video
 from data.loader import build_loader
-from data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from data.transforms import IMAGENET_MEAN, IMAGENET_STD, normalize
 from test_train import final_state, make_cfg
 from vjepa.masks import MaskSampler, build_masks
 from vjepa.methods import LatentPrediction
@@ -84,7 +84,7 @@ def test_stored_view_parameters_rebuild_the_view(cache_and_teacher):
         if p["flip"]:
             video = v2.functional.horizontal_flip(video)
         video = v2.functional.normalize(video.float() / 255, IMAGENET_MEAN, IMAGENET_STD).permute(1, 0, 2, 3)
-        loaded = ds[(index, view, index)]["video"][0]  # the key fixed_views gives view `view` of item `index`
+        loaded = normalize(ds[(index, view, index)]["video"][0])  # key fixed_views gives view `view` of `index`
         torch.testing.assert_close(video, loaded, rtol=0, atol=1e-6)
     flips = np.load(cache.path / "flips.npy")
     assert 0 < flips.mean() < 1  # both flipped and plain views were drawn

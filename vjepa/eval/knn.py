@@ -64,7 +64,7 @@ class PeriodicProbe:
         if self.loaders is None:
             from vjepa.train.data import build_probe_loaders
 
-            self.loaders = build_probe_loaders(self.cfg)
+            self.loaders = build_probe_loaders(self.cfg, self.device)
         was_training = encoder.training
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
             metrics = quick_probe(encoder, *self.loaders, self.device, self.k, self.linear)

@@ -43,7 +43,7 @@ def model_selection(run_dir: str | Path, stage: str = "student", window: int = 2
         raise ValueError(f"{run_dir / stage / 'checkpoints'} holds {len(ckpts)} step_*.pt files; need >= 3 "
                          "(train with keep_every=N)")
     rows = read_metrics(run_dir / stage / "metrics.csv")
-    train_loader, val_loader = build_probe_loaders(cfg)
+    train_loader, val_loader = build_probe_loaders(cfg, device)
     points = []
     for step, path in ckpts:
         acc = probe_encoder(load_teacher(path).to(device), train_loader, val_loader, torch.device(device))

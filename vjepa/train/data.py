@@ -45,19 +45,19 @@ class EndlessLoader(LoaderWrapper):
             yield from self.loader
 
 
-def build_train_loader(cfg, stage, info, seed: int) -> EndlessLoader:
+def build_train_loader(cfg, stage, info, seed: int, device="cpu") -> EndlessLoader:
     train, _ = manifests(cfg)
     loader = build_loader(train, weights=cfg.data.weights, train=True, batch_size=cfg.data.batch_size,
                           num_workers=cfg.data.num_workers, seed=seed, rank=info.rank,
-                          world_size=info.world_size, **_clip_kwargs(cfg))
+                          world_size=info.world_size, device=device, **_clip_kwargs(cfg))
     return EndlessLoader(loader)
 
 
-def build_probe_loaders(cfg):
-    """Deterministic (evaluation-transform) loaders over the train and val manifests."""
+def build_probe_loaders(cfg, device="cpu"):
+    """Deterministic (evaluation-transform) loaders over the train and val manifests, batches on `device`."""
     train, val = manifests(cfg)
     if val is None:
         raise ValueError("config key data.val: the probe needs a validation manifest")
     kw = dict(train=False, batch_size=cfg.data.batch_size, num_workers=cfg.data.num_workers, seed=cfg.seed,
-              rank=0, world_size=1, **_clip_kwargs(cfg))
+              rank=0, world_size=1, device=device, **_clip_kwargs(cfg))
     return build_loader(train, **kw), build_loader([val], **kw)

@@ -70,7 +70,7 @@ def probe_all(cfg, finals: dict[str, Path], device) -> dict:
     p = cfg.experiment.probe
     if p.kind not in ("attentive", "linear"):
         raise ValueError(f"config key experiment.probe.kind: {p.kind!r} is not attentive or linear")
-    train_loader, val_loader = build_probe_loaders(cfg)
+    train_loader, val_loader = build_probe_loaders(cfg, device)
     first = cfg.experiment.stages[0]
     torch.manual_seed(stage_seed(cfg, first))
     encoders = {"random-init": build_encoder(encoder_kwargs(cfg))}

@@ -37,6 +37,7 @@ from torchvision.transforms import v2
 
 from data.clips import clip_indices, frame_step_for
 from data.dataset import is_image, read_image
+from data.transforms import normalize
 from vjepa.methods.base import layer_norm_targets
 from vjepa.train.data import LoaderWrapper
 
@@ -89,7 +90,7 @@ def view_params(dataset, index: int, view: int) -> dict:
         h, w = reader.height, reader.width
     box, flip = (0, 0, h, w), False
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(int(seeds[1] % 2**63))
+        torch.default_generator.manual_seed(int(seeds[1] % 2**63))  # as data.transforms.apply seeds
         for t in getattr(dataset.transform, "transforms", [dataset.transform]):
             if isinstance(t, v2.RandomResizedCrop):
                 p = t.make_params([tv_tensors.Video(torch.empty(1, 3, h, w, dtype=torch.uint8))])
@@ -239,7 +240,7 @@ def build_target_cache(path: str | Path, teacher: torch.nn.Module, clip_loader, 
     sample = dataset[(0, 0, 0)]
     if "failed" in sample:
         raise TargetCacheError(f"target cache: {sample['failed'][0][0]} failed to load ({sample['failed'][0][1]})")
-    probe = sample["video"][0][None].to(device)
+    probe = normalize(sample["video"][0][None].to(device))
     with autocast:
         tokens, dim = teacher(probe).shape[1:]
     c, t = probe.shape[1:3]
@@ -325,13 +326,13 @@ def setup_target_cache(cfg, stage, method, stage_dir: Path, info, device: torch.
             raise  # a finished cache for something else: never overwrite it silently
         if info.is_main:
             log.info("%s: building the teacher-target cache in %s (%s)", stage.name, path, e)
-        cache = build_target_cache(path, method.teacher, _build_loader(cfg, info, seed), key, device, info,
+        cache = build_target_cache(path, method.teacher, _build_loader(cfg, info, seed, device), key, device, info,
                                    tc.shard_items)
     method.release_teacher()
     return CachedTargetLoader(loader, cache, tc.verify)
 
 
-def _build_loader(cfg, info, seed: int):
+def _build_loader(cfg, info, seed: int, device="cpu"):
     """The training items, transform and seed, in order: what build_target_cache reads."""
     from data.loader import build_loader
     from vjepa.train.data import _clip_kwargs, manifests
@@ -340,4 +341,4 @@ def _build_loader(cfg, info, seed: int):
     bs = cfg.perf.target_cache.build_batch_size or cfg.data.batch_size
     return build_loader(train, train=True, shuffle=False, drop_last=False, batch_size=bs,
                         num_workers=cfg.data.num_workers, persistent_workers=False, seed=seed, rank=info.rank,
-                        world_size=info.world_size, **_clip_kwargs(cfg))
+                        world_size=info.world_size, device=device, **_clip_kwargs(cfg))

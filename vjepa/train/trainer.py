@@ -65,7 +65,7 @@ def train_stage(cfg, stage, stage_dir: Path, info: DistInfo, device: torch.devic
     method, model_configs, generators = build_method(cfg, stage, teacher_file)
     method.to(device)
     masks = MaskSampler(generators, seed=seed, rank=info.rank, world_size=info.world_size)
-    loader = build_train_loader(cfg, stage, info, seed)
+    loader = build_train_loader(cfg, stage, info, seed, device)
     # perf options (docs/performance.md): fixed views + cached teacher targets, torch.compile, FSDP2
     loader = setup_target_cache(cfg, stage, method, stage_dir, info, device, seed, loader)
     masks = setup_compile(cfg, method, masks)
