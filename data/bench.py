@@ -1,14 +1,16 @@
 """Loader benchmark: clips/s per backend and worker count, against the bare-decoder ceiling.
 
-    python -m data.bench [--videos DIR] [--batches 8] [--workers 0 1 2] [--backends decord pyav dali]
-                         [--no-write]
+    python -m data.bench [--videos DIR] [--batches 24] [--repeats 3] [--workers 0 1 2]
+                         [--backends decord pyav dali] [--no-write]
 
 Settings are those of ``../shared/reference.md`` §8: 16 frames, step 4, 1 clip, random resized crop 224
 (scale (0.3, 1.0), ratio (0.75, 1.35)), flip, normalise, batch 8, on the 8 files of
 ``../shared/bench/make_videos.sh`` (made with PyAV by ``data.benchvideos`` when there is no ffmpeg).
 The ceiling decodes exactly the loader's frame indices with the bare library, readers kept open, in a
-tight loop (1 process, and 2 processes in parallel). Writes the ``## Data loader`` section of
-``docs/benchmarks.md`` and prints it.
+tight loop (1 process, and 2 processes in parallel). Each loader row runs ``--repeats`` times, each time
+right after its ceiling, and reports medians: on a shared machine throughput drifts by 10-20% between
+minutes, and a ratio of two back-to-back runs cancels most of that. Writes the ``## Data loader`` section
+of ``docs/benchmarks.md`` and prints it.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import argparse
 import multiprocessing as mp
 import os
 import platform
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -44,9 +47,14 @@ def _items(csv: Path):
     return items * REPEAT
 
 
-def loader_clips_per_s(items, backend: str, workers: int, batches: int) -> tuple[float, float]:
-    """(clips/s wall clock, CPU ms per clip of this process -- all the work when workers == 0)."""
-    loader = build_loader(items=items, backend=backend, num_workers=workers, **SETTINGS)
+def loader_clips_per_s(items, backend: str, workers: int, batches: int, normalize: bool = False,
+                       **loader_kw) -> tuple[float, float]:
+    """(clips/s wall clock, CPU ms per clip of this process -- all the work when workers == 0).
+
+    ``normalize=False`` measures what the GPU training path asks of the CPU: uint8 batches handed to the
+    device copy (the float pass runs on the GPU); ``True`` adds the float pass on this CPU (CPU training)."""
+    loader = build_loader(items=items, backend=backend, num_workers=workers, normalize=normalize,
+                          **{**SETTINGS, **loader_kw})
     it = iter(loader)
     next(it)  # warm-up: workers start, decoders open
     done, start, cpu = 0, time.perf_counter(), time.process_time()
@@ -57,9 +65,13 @@ def loader_clips_per_s(items, backend: str, workers: int, batches: int) -> tuple
             it = iter(loader)
             continue
         done += 1
+    if batch["video"].is_cuda:
+        torch.cuda.synchronize()
     elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
     assert batch["video"].shape == (8, 3, 16, 224, 224)
-    del it, loader
+    assert batch["video"].dtype == (torch.float32 if normalize else torch.uint8)
+    del it
+    loader.close()  # persistent workers would otherwise linger (and prefetch) into the next measurement
     clips = batches * SETTINGS["batch_size"]
     return clips / elapsed, 1000 * cpu / clips
 
@@ -118,11 +130,62 @@ def codec_of(path: str) -> str:
         return c.streams.video[0].codec_context.name
 
 
-def run(videos: Path | None, batches: int, workers: list[int], backends: list[str]) -> str:
+def _median(xs):
+    return float(np.median(xs))
+
+
+def measure_backend(items, backend: str, keys, workers: list[int], batches: int, repeats: int) -> list[tuple]:
+    """Table rows for one backend: the bare ceilings and, per worker count, the loader against the ceiling
+    measured right before it (medians over ``repeats`` pairs)."""
+    ceilings = {1: [], 2: []}
+    cpu1 = []
+    loader_rows = []
+    for w in workers:
+        procs = 2 if w >= 2 else 1
+        rates, ratios, cpus, cpu_rates, cpu_ratios = [], [], [], [], []
+        for _ in range(repeats):
+            ceiling, cpu = bare_clips_per_s(items, backend, keys, procs)
+            ceilings[procs].append(ceiling)
+            if procs == 1:
+                cpu1.append(cpu)
+            rate, lcpu = loader_clips_per_s(items, backend, w, batches)
+            rates.append(rate)
+            ratios.append(rate / ceiling)
+            cpus.append(lcpu)
+            if w == max(workers):  # the CPU-training variant of the goal row
+                rate, _ = loader_clips_per_s(items, backend, w, batches, normalize=True)
+                cpu_rates.append(rate)
+                cpu_ratios.append(rate / ceiling)
+        rate, ratio = _median(rates), _median(ratios)
+        note = f"{ratio:.0%} of bare ceiling (per-pair ratios {', '.join(f'{r:.0%}' for r in ratios)})"
+        ref = REFERENCE.get(w)
+        if ref:
+            note += f"; {rate / ref:.2f}x reference ({ref})"
+        if w == 0:
+            note += f"; {_median(cpus):.0f} CPU ms/clip (all work in-process)"
+        loader_rows.append((f"{backend} loader, {w} workers", f"{rate:.1f}", note))
+        print(f"{loader_rows[-1][0]}: {rate:.1f} clips/s ({note})", flush=True)
+        if cpu_rates:
+            rate, ratio = _median(cpu_rates), _median(cpu_ratios)
+            note = f"{ratio:.0%} of bare ceiling"
+            if ref:
+                note += f"; {rate / ref:.2f}x reference ({ref})"
+            loader_rows.append((f"{backend} loader, {w} workers, normalised on this CPU", f"{rate:.1f}", note))
+            print(f"{loader_rows[-1][0]}: {rate:.1f} clips/s ({note})", flush=True)
+    rows = []
+    if ceilings[1]:
+        rows.append((f"{backend} bare, 1 process", f"{_median(ceilings[1]):.1f}",
+                     f"decode ceiling, readers kept open; {_median(cpu1):.0f} CPU ms/clip"))
+    if ceilings[2]:
+        rows.append((f"{backend} bare, 2 processes", f"{_median(ceilings[2]):.1f}", "decode ceiling for 2 workers"))
+    return rows + loader_rows
+
+
+def run(videos: Path | None, batches: int, workers: list[int], backends: list[str], repeats: int = 3) -> str:
     tmp = None
     if videos is None:
         tmp = tempfile.TemporaryDirectory(prefix="vjepa_bench_")
-        print("making benchmark videos (PyAV, libx264 defaults) ...", flush=True)
+        print("making benchmark videos ...", flush=True)
         csv = make_bench_videos(tmp.name)
     else:
         csv = videos / "videos.csv" if videos.is_dir() else videos
@@ -138,31 +201,23 @@ def run(videos: Path | None, batches: int, workers: list[int], backends: list[st
         if backend == "dali" and codec not in DALI_CPU_CODECS:
             rows.append((backend, "n/a", f"DALI CPU cannot decode {codec}; GPU (mixed) not lent to this task"))
             continue
-        (ceiling1, cpu1), (ceiling2, _) = (bare_clips_per_s(items, backend, keys, p) for p in (1, 2))
-        rows.append((f"{backend} bare, 1 process", f"{ceiling1:.1f}", f"decode ceiling, readers kept open; {cpu1:.0f} CPU ms/clip"))
-        rows.append((f"{backend} bare, 2 processes", f"{ceiling2:.1f}", "decode ceiling for 2 workers"))
-        for w in workers:
-            rate, cpu = loader_clips_per_s(items, backend, w, batches)
-            ref = REFERENCE.get(w)
-            ceiling = ceiling2 if w >= 2 else ceiling1
-            note = f"{rate / ceiling:.0%} of bare ceiling"
-            if ref:
-                note += f"; {rate / ref:.2f}x reference ({ref})"
-            if w == 0:
-                note += f"; {cpu:.0f} CPU ms/clip (all work in-process)"
-            rows.append((f"{backend} loader, {w} workers", f"{rate:.1f}", note))
-            print(f"{rows[-1][0]}: {rows[-1][1]} clips/s ({note})", flush=True)
+        rows += measure_backend(items, backend, keys, workers, batches, repeats)
     load_after = os.getloadavg()[0]
     table = "\n".join(f"| {a} | {b} | {c} |" for a, b, c in rows)
+    made = "made by ../shared/bench/make_videos.sh (ffmpeg)" if shutil.which("ffmpeg") else \
+        "made by `data.benchvideos` with PyAV (no ffmpeg binary here: similar content, not byte-identical to make_videos.sh)"
+    source = made if tmp else f"{csv}"
     section = f"""## Data loader
 
 `python -m data.bench` ({time.strftime('%Y-%m-%d')}, {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}).
-Files: 8 x 10 s 320x240 30 fps {codec} (x264 defaults, keyint 250), {'made by `data.benchvideos` with PyAV (no ffmpeg binary here; similar lavfi-like content, not byte-identical to make_videos.sh)' if tmp else str(csv)}; each listed {REPEAT}x.
-Clip: 16 frames, step 4, 1 clip, RandomResizedCrop 224 scale (0.3, 1.0) ratio (0.75, 1.35), flip, normalise, batch 8;
-{clips} clips timed per row after one warm-up batch. Bare ceiling: the same frame indices decoded by the backend
-alone, readers kept open. CPU ms/clip (process time) is the contention-robust number: wall-clock clips/s on a shared
-machine mostly measures the other jobs. Machine load average {load_before:.1f} -> {load_after:.1f} during the run (the 2 cores
-were shared with other jobs; compare rows of this run with each other, and with the reference only roughly).
+Files: 8 x 10 s 320x240 30 fps {codec} (x264 defaults, keyint 250), {source}; each listed {REPEAT}x.
+Clip: 16 frames, step 4, 1 clip, RandomResizedCrop 224 scale (0.3, 1.0) ratio (0.75, 1.35), flip, batch 8;
+{clips} clips timed per run after one warm-up batch. Bare ceiling: the same frame indices decoded by the backend
+alone, readers kept open. Loader rows: uint8 batches handed to the training device, which normalises them (the
+GPU path: the float pass runs on the GPU); the "normalised on this CPU" row adds that pass in the training
+process, as CPU training does. Each loader row ran {repeats}x, each right after its ceiling; the table gives medians
+(clips/s on this shared machine drifts 10-20% between minutes; back-to-back ratios drift much less).
+Machine load average {load_before:.1f} -> {load_after:.1f} during the run (the benchmark's own processes included).
 Reference (V-JEPA 1 loader, reference.md §8): 8.0 clips/s with 0 workers, 15.7 with 2; {REFERENCE_BARE}.
 
 | configuration | clips/s | notes |
@@ -194,12 +249,13 @@ def write_section(section: str, path: Path = DOCS) -> None:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--videos", type=Path, default=None, help="folder with videos.csv (made if missing)")
-    p.add_argument("--batches", type=int, default=8)
+    p.add_argument("--batches", type=int, default=24)
+    p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--backends", nargs="+", default=["decord", "pyav", "dali"])
     p.add_argument("--no-write", action="store_true")
     a = p.parse_args(argv)
-    section = run(a.videos, a.batches, a.workers, a.backends)
+    section = run(a.videos, a.batches, a.workers, a.backends, a.repeats)
     if not a.no_write:
         write_section(section)
     print(section)

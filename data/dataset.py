@@ -91,9 +91,8 @@ class VideoDataset(torch.utils.data.Dataset):
         ss = np.random.SeedSequence([self.seed, epoch, draw, index, attempt])
         return ss.generate_state(1 + self.clip.num_clips, dtype=np.uint64)
 
-    def _frames(self, item: Item, rng: np.random.Generator | None) -> list[np.ndarray]:
-        if is_image(item.path):
-            return [read_image(item.path)] * self.clip.num_clips
+    def _plan(self, item: Item, rng: np.random.Generator | None):
+        """(reader, frame indices per clip, sorted unique frames to decode) of a video item."""
         reader = self.readers.get(item.path)
         c = self.clip
         step = frame_step_for(reader.fps, c.frames_per_clip, c.frame_step, c.fps, c.duration)
@@ -106,25 +105,56 @@ class VideoDataset(torch.utils.data.Dataset):
             clips = clip_indices(reader.num_frames, c.frames_per_clip, step, c.num_clips, rng, first, last, c.short)
         except TooShort as e:
             raise DecodeError(item.path, "too_short", str(e)) from None
+        # one decoder call for all clips: frames shared between clips are decoded once
+        return reader, clips, np.unique(np.concatenate(clips))
+
+    def _frames(self, item: Item, rng: np.random.Generator | None) -> list:
+        if is_image(item.path):
+            return [read_image(item.path)] * self.clip.num_clips
+        reader, clips, wanted = self._plan(item, rng)
         try:
-            # one decoder call for all clips: frames shared between clips are decoded once
-            wanted = np.unique(np.concatenate(clips))
             frames = reader.get_frames(wanted)
         except DecodeError:
             self.readers.forget(item.path)
             raise
-        if len(clips) == 1 and np.array_equal(clips[0], wanted):
-            return [frames]  # the usual case (one clip, no repeated frame): no re-indexing copy
-        pos = {int(f): i for i, f in enumerate(wanted)}
-        return [frames[[pos[int(f)] for f in idx]] for idx in clips]
+        return _split_clips(frames, clips, wanted)
 
     def load(self, index: int, epoch: int = 0, draw: int | None = None, attempt: int = 0) -> dict:
         """One sample; raises DecodeError for a bad item."""
         item = self.items[index]
         seeds = self._seeds(epoch, index if draw is None else draw, index, attempt)
         rng = np.random.default_rng(seeds[0]) if self.train else None
+        return self._sample(index, self._frames(item, rng), seeds)
+
+    def load_batch(self, keys) -> list[dict]:
+        """The samples of one batch, equal to ``[self[k] for k in keys]``. With the DALI backend all clips
+        are decoded in one pipeline run (NVDEC decodes a batch of files at once with ``device='mixed'``);
+        when that run fails, or a key is an image, every key takes the per-item path, which finds the bad
+        file, skips and replaces it as usual."""
+        if self.readers.backend != "dali":
+            return [self[k] for k in keys]
+        from data.decoders import dali_decode
+
+        plans = []
+        try:
+            for key in keys:
+                index, epoch, draw = _key(key)
+                item = self.items[index]
+                if is_image(item.path):
+                    raise DecodeError(item.path, "image", "not a video")
+                seeds = self._seeds(epoch, draw, index, 0)
+                reader, clips, wanted = self._plan(item, np.random.default_rng(seeds[0]) if self.train else None)
+                plans.append((index, seeds, reader, clips, wanted))
+            decoded = dali_decode([(reader, wanted) for _, _, reader, _, wanted in plans])
+            return [{**self._sample(index, _split_clips(frames, clips, wanted), seeds), "skipped": []}
+                    for (index, seeds, _, clips, wanted), frames in zip(plans, decoded)]
+        except Exception:  # noqa: BLE001 -- the per-item path names, counts and replaces whatever failed
+            return [self[k] for k in keys]
+
+    def _sample(self, index: int, clip_frames: list, seeds: np.ndarray) -> dict:
+        item = self.items[index]
         views = []
-        for c, frames in enumerate(self._frames(item, rng)):
+        for c, frames in enumerate(clip_frames):
             if isinstance(frames, np.ndarray):  # DALI mixed returns CUDA tensors already
                 frames = torch.from_numpy(np.ascontiguousarray(frames))
             views += apply(self.transform, frames, int(seeds[1 + c] % 2**63) if self.train else None)
@@ -132,7 +162,7 @@ class VideoDataset(torch.utils.data.Dataset):
                 "index": index, "path": item.path}
 
     def __getitem__(self, key) -> dict:
-        index, epoch, draw = (key, 0, key) if isinstance(key, (int, np.integer)) else key
+        index, epoch, draw = _key(key)
         failures: list[Failure] = []
         for attempt in range(self.max_consecutive_failures + 1):
             try:
@@ -147,6 +177,19 @@ class VideoDataset(torch.utils.data.Dataset):
             rng = np.random.default_rng(self._seeds(epoch, draw, index, attempt + 1)[0])
             index = int(rng.integers(len(self.items)))
         return {"failed": failures}
+
+
+def _key(key) -> tuple[int, int, int]:
+    """(index, epoch, draw) of a dataset key; a plain int ``i`` means ``(i, 0, i)``."""
+    return (int(key), 0, int(key)) if isinstance(key, (int, np.integer)) else tuple(key)
+
+
+def _split_clips(frames, clips: list[np.ndarray], wanted: np.ndarray) -> list:
+    """The frames of each clip out of one decoded run of ``wanted`` (sorted unique indices)."""
+    if len(clips) == 1 and np.array_equal(clips[0], wanted):
+        return [frames]  # the usual case (one clip, no repeated frame): no re-indexing copy
+    pos = {int(f): i for i, f in enumerate(wanted)}
+    return [frames[[pos[int(f)] for f in idx]] for idx in clips]
 
 
 def _stack_clips(clips: list[torch.Tensor]) -> torch.Tensor:

@@ -194,11 +194,15 @@ class PyAVReader:
 
 
 class DaliReader:
-    """DALI ``fn.decoders.video`` over the whole encoded file; one small pipeline per reader.
+    """DALI ``fn.decoders.video`` over the whole encoded file (held in memory).
 
     ``device='cpu'``: VP8/VP9/MJPEG only; anything else raises ``unsupported_codec`` up front (DALI's CPU
     operator would otherwise fail or pad). ``device='mixed'``: NVDEC on ``device_id``, returns a torch CUDA
     tensor ``[T, H, W, 3]`` uint8 (frames stay on the GPU).
+
+    All readers of a process share one pipeline per (device, device_id, threads), so opening a file costs no
+    pipeline build and :func:`dali_decode` can decode the clips of a whole batch -- of different files --
+    in one pipeline run (what the loader does with this backend).
     """
 
     backend = "dali"
@@ -219,39 +223,64 @@ class DaliReader:
                               f"DALI's CPU decoder handles {sorted(DALI_CPU_CODECS)}, not {self.codec}; "
                               "use device='mixed' on a GPU or the decord/pyav backend")
         self._encoded = np.fromfile(self.path, dtype=np.uint8)
-        self._pipe = _dali_pipeline(device, device_id, threads)
+        self.pipe_key = (device, device_id if device == "mixed" else None, max(threads, 1))
 
     def get_frames(self, indices):
-        idx = _check_indices(self.path, indices, self.num_frames)
-        try:
-            self._pipe.feed_input("encoded", [self._encoded])
-            self._pipe.feed_input("frames", [np.asarray(idx, dtype=np.int32)])
-            (out,) = self._pipe.run()
-        except Exception as e:
-            raise DecodeError(self.path, "decode_error", f"DALI: {str(e).splitlines()[0][:200]}") from None
-        if self.device == "mixed":
+        return dali_decode([(self, indices)])[0]
+
+    def close(self) -> None:
+        self._encoded = None
+
+
+DALI_MAX_BATCH = 64  # clips per pipeline run; larger requests run in chunks
+_DALI_PIPES: dict = {}
+
+
+def dali_decode(requests) -> list:
+    """``[(DaliReader, indices), ...]`` (readers of one device) -> their frames, decoded in one pipeline run
+    per ``DALI_MAX_BATCH`` clips. A failure of a run with several clips raises a ``DecodeError`` naming all
+    their files (DALI does not say which one failed): decode them one by one to find it."""
+    keys = {r.pipe_key for r, _ in requests}
+    if len(keys) != 1:
+        raise ValueError(f"dali_decode: readers of one DALI device per call, got {sorted(map(str, keys))}")
+    if len(requests) > DALI_MAX_BATCH:
+        return [f for i in range(0, len(requests), DALI_MAX_BATCH) for f in dali_decode(requests[i:i + DALI_MAX_BATCH])]
+    device, device_id, threads = keys.pop()
+    pid_key = (os.getpid(), device, device_id, threads)
+    if pid_key not in _DALI_PIPES:  # per process: a forked copy never runs the parent's pipeline
+        _DALI_PIPES[pid_key] = _dali_pipeline(device, device_id or 0, threads)
+    pipe = _DALI_PIPES[pid_key]
+    idx = [_check_indices(r.path, i, r.num_frames) for r, i in requests]
+    paths = ", ".join(dict.fromkeys(r.path for r, _ in requests))
+    try:
+        pipe.feed_input("encoded", [r._encoded for r, _ in requests])
+        pipe.feed_input("frames", [np.asarray(i, dtype=np.int32) for i in idx])
+        (out,) = pipe.run()
+    except Exception as e:
+        raise DecodeError(paths, "decode_error", f"DALI: {str(e).splitlines()[0][:200]}") from None
+    results = []
+    for k, (reader, _) in enumerate(requests):
+        if device == "mixed":
             import torch
             from nvidia.dali.plugin.pytorch import feed_ndarray
 
-            tensor = out[0]
-            frames = torch.empty(tensor.shape(), dtype=torch.uint8, device=f"cuda:{self._pipe.device_id}")
+            tensor = out[k]  # a GPU tensor: copied device-to-device into torch, never through the host
+            frames = torch.empty(tensor.shape(), dtype=torch.uint8, device=f"cuda:{device_id or 0}")
             feed_ndarray(tensor, frames)
         else:
-            frames = np.asarray(out[0])
-        _check_output(self.path, frames, len(idx))
+            frames = np.asarray(out[k])
+        _check_output(reader.path, frames, len(idx[k]))
         # DALI pads frames it could not decode with zeros; a truncated file must not pass as black frames
-        if self.device == "cpu" and len(idx) > 1 and not frames[-1].any() and frames.any():
-            raise DecodeError(self.path, "decode_error", "DALI returned zero-padded frames (truncated?)")
-        return frames
-
-    def close(self) -> None:
-        self._pipe = None
+        if len(idx[k]) > 1 and not frames[-1].any() and frames.any():
+            raise DecodeError(reader.path, "decode_error", "DALI returned zero-padded frames (truncated?)")
+        results.append(frames)
+    return results
 
 
 def _dali_pipeline(device: str, device_id: int, threads: int):
     from nvidia.dali import fn, pipeline_def
 
-    @pipeline_def(batch_size=1, num_threads=max(threads, 1), device_id=device_id if device == "mixed" else None,
+    @pipeline_def(batch_size=DALI_MAX_BATCH, num_threads=threads, device_id=device_id if device == "mixed" else None,
                   prefetch_queue_depth=1, exec_dynamic=True)
     def pipe():
         encoded = fn.external_source(name="encoded", dtype=_dali_uint8(), ndim=1)

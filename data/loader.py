@@ -88,6 +88,8 @@ class ClipLoader:
                       timeout=worker_timeout)  # a stuck decoder becomes an error, not a hang
         self._dl = torch.utils.data.DataLoader(dataset, batch_sampler=_EpochBatches(self), num_workers=num_workers,
                                                collate_fn=collate_clips, pin_memory=pin_memory, **kw)
+        # DALI in the training process decodes a whole batch per pipeline run (NVDEC with device='mixed')
+        self._batch_decode = num_workers == 0 and dataset.readers.backend == "dali"
 
     # ---- order -------------------------------------------------------------------------------
     def _shard(self, epoch: int) -> list[tuple[int, int, int]]:
@@ -146,7 +148,9 @@ class ClipLoader:
     def __iter__(self):
         if self.batches_consumed >= len(self):  # finished epoch: move on
             self.set_epoch(self.epoch + 1)
-        for batch in self._dl:
+        batches = (collate_clips(self.dataset.load_batch(keys)) for keys in _EpochBatches(self)) \
+            if self._batch_decode else self._dl
+        for batch in batches:
             self._record(batch["skipped"])
             if "failed" in batch:
                 files = sorted({f"{p} ({r}{': ' + d if d else ''})" for p, r, d in batch["failed"]})
@@ -160,6 +164,13 @@ class ClipLoader:
             yield batch
         self.set_epoch(self.epoch + 1)
 
+
+    def close(self) -> None:
+        """Stop the persistent worker processes now (they otherwise live until garbage collection)."""
+        it = getattr(self._dl, "_iterator", None)
+        if it is not None and hasattr(it, "_shutdown_workers"):
+            it._shutdown_workers()
+        self._dl._iterator = None
 
     def _normalized(self, video: torch.Tensor) -> torch.Tensor:
         video = video.to(self.device, non_blocking=video.is_pinned())

@@ -97,10 +97,10 @@ def build_loaders(cfg, settings, device="cpu"):
         raise ValueError("config key data.val: the probe needs a validation manifest")
     if settings.num_views not in (1, 3):
         raise ValueError(f"config key probe.num_views: {settings.num_views} is not 1 or 3 (centre / three crops)")
-    kw = dict(frames_per_clip=d.frames_per_clip, frame_step=d.frame_step, fps=d.fps, duration=d.duration,
-              size=d.crop_size, backend=d.backend, max_consecutive_failures=d.max_consecutive_failures,
-              batch_size=d.batch_size, num_workers=d.num_workers, seed=cfg.seed, rank=0, world_size=1,
-              num_clips=settings.num_segments, device=device)
+    from vjepa.train.data import clip_kwargs
+
+    kw = dict(**clip_kwargs(cfg, device), batch_size=d.batch_size, num_workers=d.num_workers, seed=cfg.seed,
+              rank=0, world_size=1, num_clips=settings.num_segments, device=device)
     train_loader = build_loader(train, train=settings.augment, crop_scale=tuple(d.crop_scale),
                                 randaugment=cfg.probe.randaugment, **kw)
     val_loader = build_loader([val], train=False, eval_crops=settings.num_views, **kw)

@@ -23,5 +23,6 @@ def test_bench_runs_end_to_end(tmp_path):
     from data.benchvideos import make_bench_videos
 
     csv = make_bench_videos(tmp_path, seconds=3, count=2)
-    section = run(csv, batches=1, workers=[0], backends=["pyav", "dali"])
+    section = run(csv, batches=1, workers=[0], backends=["pyav", "dali"], repeats=1)
     assert "| pyav loader, 0 workers |" in section and "| dali | n/a |" in section
+    assert "| pyav loader, 0 workers, normalised on this CPU |" in section

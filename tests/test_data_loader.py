@@ -170,3 +170,37 @@ def test_short_videos_skip_policy(root):
     with pytest.raises(TooManyBadFiles, match="too_short"):
         next(iter(build_loader(root / "val.jsonl", train=False, num_workers=0, batch_size=2, size=32,
                                frames_per_clip=16, frame_step=2, short="skip", max_consecutive_failures=2)))
+
+
+def test_dali_batch_decode_equals_per_item_loading_and_falls_back_on_bad_files(tmp_path):
+    """DALI decodes a batch of clips from different files in one pipeline run; the samples equal the
+    per-item path's bit for bit, and a bad file in the batch is found, skipped and replaced as usual."""
+    import data.decoders
+
+    root = generate(tmp_path / "vp9", num_videos=10, frames=8, size=32, codec="vp9")
+    rows = (root / "train.jsonl").read_text().splitlines()
+    bad = tmp_path / "vp9" / "truncated.webm"
+    src = root / json.loads(rows[0])["path"]
+    bad.write_bytes(src.read_bytes()[: src.stat().st_size // 3])
+    (root / "mixed.jsonl").write_text("\n".join(rows + [json.dumps({"path": str(bad), "labels": {"digit": 0}})]))
+    for manifest, expect_skips in ((root / "train.jsonl", 0), (root / "mixed.jsonl", 1)):
+        loader = build_loader(manifest, backend="dali", num_workers=0, **CLIP)
+        ds, keys = loader.dataset, [k for batch in loader._batches(0) for k in batch]
+        if expect_skips:
+            keys = [k for k in keys if k[0] != len(rows)][:3] + [(len(rows), 0, 99)]  # the bad file last
+        runs = []
+        real = data.decoders.dali_decode
+        data.decoders.dali_decode = lambda requests: runs.append(len(requests)) or real(requests)
+        try:
+            batched = ds.load_batch(keys)
+        finally:
+            data.decoders.dali_decode = real
+        single = [ds[k] for k in keys]
+        if not expect_skips:
+            assert runs == [len(keys)]  # one pipeline run for the whole batch
+        for a, b in zip(batched, single):
+            assert a["index"] == b["index"] and torch.equal(a["video"][0], b["video"][0])
+            assert a["skipped"] == b["skipped"]
+        skipped = [f for s in batched for f in s["skipped"]]
+        assert len(skipped) == expect_skips and all(f[0] == str(bad) for f in skipped)
+        assert all(s["video"][0].shape == (3, 4, 32, 32) for s in batched)

@@ -44,7 +44,8 @@ class DataConfig:
     crop_size: int = 64
     batch_size: int = 16
     num_workers: int = 2
-    backend: str = "decord"
+    backend: str = "decord"  # decord | pyav | dali
+    dali_device: str = "cpu"  # backend=dali: cpu (VP8/VP9/MJPEG) or mixed (NVDEC; frames stay on the training GPU)
     max_consecutive_failures: int = 20
 
 
@@ -205,6 +206,12 @@ def check(cfg) -> None:
         fail("mask.kind", f"{cfg.mask.kind!r} is not multiblock, tube or ijepa")
     if cfg.nonfinite not in ("stop", "skip"):
         fail("nonfinite", f"{cfg.nonfinite!r} is not stop or skip")
+    if cfg.data.backend not in ("decord", "pyav", "dali"):
+        fail("data.backend", f"{cfg.data.backend!r} is not decord, pyav or dali")
+    if cfg.data.dali_device not in ("cpu", "mixed"):
+        fail("data.dali_device", f"{cfg.data.dali_device!r} is not cpu or mixed")
+    if cfg.data.dali_device == "mixed" and cfg.data.backend != "dali":
+        fail("data.dali_device", "mixed (NVDEC) needs data.backend=dali")
     if sum(x is not None for x in (cfg.data.frame_step, cfg.data.fps, cfg.data.duration)) != 1:
         fail("data.frame_step/fps/duration", "set exactly one of them (the others null)")
     names = []

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+
 from data.loader import build_loader
 from data.synthetic import ensure_synthetic
 
@@ -15,10 +17,15 @@ def manifests(cfg) -> tuple[list[str], str | None]:
     return [str(Path(root) / "train.jsonl")], cfg.data.val or str(Path(root) / "val.jsonl")
 
 
-def _clip_kwargs(cfg) -> dict:
+def clip_kwargs(cfg, device="cpu") -> dict:
+    """Clip and decoder settings of the data config; DALI's NVDEC ('mixed') decodes on the training GPU."""
     d = cfg.data
+    options = {}
+    if d.backend == "dali":
+        options = {"device": d.dali_device, "device_id": torch.device(device).index or 0}
     return dict(frames_per_clip=d.frames_per_clip, frame_step=d.frame_step, fps=d.fps, duration=d.duration,
-                size=d.crop_size, backend=d.backend, max_consecutive_failures=d.max_consecutive_failures)
+                size=d.crop_size, backend=d.backend, decoder_options=options,
+                max_consecutive_failures=d.max_consecutive_failures)
 
 
 class LoaderWrapper:
@@ -49,7 +56,7 @@ def build_train_loader(cfg, stage, info, seed: int, device="cpu") -> EndlessLoad
     train, _ = manifests(cfg)
     loader = build_loader(train, weights=cfg.data.weights, train=True, batch_size=cfg.data.batch_size,
                           num_workers=cfg.data.num_workers, seed=seed, rank=info.rank,
-                          world_size=info.world_size, device=device, **_clip_kwargs(cfg))
+                          world_size=info.world_size, device=device, **clip_kwargs(cfg, device))
     return EndlessLoader(loader)
 
 
@@ -59,5 +66,5 @@ def build_probe_loaders(cfg, device="cpu"):
     if val is None:
         raise ValueError("config key data.val: the probe needs a validation manifest")
     kw = dict(train=False, batch_size=cfg.data.batch_size, num_workers=cfg.data.num_workers, seed=cfg.seed,
-              rank=0, world_size=1, device=device, **_clip_kwargs(cfg))
+              rank=0, world_size=1, device=device, **clip_kwargs(cfg, device))
     return build_loader(train, **kw), build_loader([val], **kw)

@@ -335,10 +335,10 @@ def setup_target_cache(cfg, stage, method, stage_dir: Path, info, device: torch.
 def _build_loader(cfg, info, seed: int, device="cpu"):
     """The training items, transform and seed, in order: what build_target_cache reads."""
     from data.loader import build_loader
-    from vjepa.train.data import _clip_kwargs, manifests
+    from vjepa.train.data import clip_kwargs, manifests
 
     train, _ = manifests(cfg)
     bs = cfg.perf.target_cache.build_batch_size or cfg.data.batch_size
     return build_loader(train, train=True, shuffle=False, drop_last=False, batch_size=bs,
                         num_workers=cfg.data.num_workers, persistent_workers=False, seed=seed, rank=info.rank,
-                        world_size=info.world_size, device=device, **_clip_kwargs(cfg))
+                        world_size=info.world_size, device=device, **clip_kwargs(cfg, device))
