@@ -127,29 +127,35 @@ class VideoDataset(torch.utils.data.Dataset):
         return self._sample(index, self._frames(item, rng), seeds)
 
     def load_batch(self, keys) -> list[dict]:
-        """The samples of one batch, equal to ``[self[k] for k in keys]``. With the DALI backend all clips
-        are decoded in one pipeline run (NVDEC decodes a batch of files at once with ``device='mixed'``);
-        when that run fails, or a key is an image, every key takes the per-item path, which finds the bad
-        file, skips and replaces it as usual."""
+        """The samples of one batch, equal to ``[self[k] for k in keys]``. With the DALI backend the clips
+        are decoded in one pipeline run (NVDEC decodes a batch of files at once with ``device='mixed'``).
+        Images and files that failed before take the per-item path; when the run fails, every key does,
+        which finds the bad file, skips and replaces it as usual, and remembers it for later batches."""
         if self.readers.backend != "dali":
             return [self[k] for k in keys]
         from data.decoders import dali_decode
 
-        plans = []
+        per_item = getattr(self, "_per_item_paths", set())
+        batched = [k for k in keys if not self._needs_per_item(_key(k)[0], per_item)]
         try:
-            for key in keys:
+            plans = []
+            for key in batched:
                 index, epoch, draw = _key(key)
-                item = self.items[index]
-                if is_image(item.path):
-                    raise DecodeError(item.path, "image", "not a video")
                 seeds = self._seeds(epoch, draw, index, 0)
-                reader, clips, wanted = self._plan(item, np.random.default_rng(seeds[0]) if self.train else None)
-                plans.append((index, seeds, reader, clips, wanted))
-            decoded = dali_decode([(reader, wanted) for _, _, reader, _, wanted in plans])
-            return [{**self._sample(index, _split_clips(frames, clips, wanted), seeds), "skipped": []}
-                    for (index, seeds, _, clips, wanted), frames in zip(plans, decoded)]
+                rng = np.random.default_rng(seeds[0]) if self.train else None
+                plans.append((key, index, seeds, *self._plan(self.items[index], rng)))
+            decoded = dali_decode([(reader, wanted) for *_, reader, _, wanted in plans]) if plans else []
+            done = {key: {**self._sample(index, _split_clips(frames, clips, wanted), seeds), "skipped": []}
+                    for (key, index, seeds, _, clips, wanted), frames in zip(plans, decoded)}
         except Exception:  # noqa: BLE001 -- the per-item path names, counts and replaces whatever failed
-            return [self[k] for k in keys]
+            samples = [self[k] for k in keys]
+            self._per_item_paths = per_item | {f[0] for s in samples for f in s.get("skipped", s.get("failed", ()))}
+            return samples
+        return [done[k] if k in done else self[k] for k in keys]
+
+    def _needs_per_item(self, index: int, per_item: set) -> bool:
+        path = self.items[index].path
+        return is_image(path) or path in per_item
 
     def _sample(self, index: int, clip_frames: list, seeds: np.ndarray) -> dict:
         item = self.items[index]

@@ -204,3 +204,12 @@ def test_dali_batch_decode_equals_per_item_loading_and_falls_back_on_bad_files(t
         skipped = [f for s in batched for f in s["skipped"]]
         assert len(skipped) == expect_skips and all(f[0] == str(bad) for f in skipped)
         assert all(s["video"][0].shape == (3, 4, 32, 32) for s in batched)
+        if expect_skips:  # the bad file is remembered: later batches decode the good clips in one run again
+            runs.clear()
+            data.decoders.dali_decode = lambda requests: runs.append(len(requests)) or real(requests)
+            try:
+                again = ds.load_batch(keys)
+            finally:
+                data.decoders.dali_decode = real
+            assert runs[0] == len(keys) - 1
+            assert all(torch.equal(a["video"][0], b["video"][0]) for a, b in zip(again, single))
