@@ -79,11 +79,8 @@ def loader_clips_per_s(items, backend: str, workers: int, batches: int, normaliz
 def loader_keys(items, clips: int) -> list[tuple[int, list[int]]]:
     """(item index, frame indices) of the ``clips`` training clips the loader rows time (those after the
     warm-up batch), exactly as the loader samples them."""
-    from data.dataset import ClipSpec, VideoDataset
-    from data.transforms import train_transform
-
-    ds = VideoDataset(items, train_transform(224), ClipSpec(16, 4), train=True, seed=SETTINGS["seed"])
     loader = build_loader(items=items, num_workers=0, **SETTINGS)
+    ds = loader.dataset
     keys, epoch, warm_up = [], 0, SETTINGS["batch_size"]
     while len(keys) < clips + warm_up:
         keys += [k for batch in loader._batches(epoch) for k in batch]
@@ -141,6 +138,17 @@ def _median(xs):
     return float(np.median(xs))
 
 
+def _loader_row(name: str, rates: list[float], ratios: list[float], ref: float | None, detail: str = "",
+                tail: str = "") -> tuple:
+    rate, ratio = _median(rates), _median(ratios)
+    note = f"{ratio:.0%} of bare ceiling{detail}"
+    if ref:
+        note += f"; {rate / ref:.2f}x reference ({ref})"
+    note += tail
+    print(f"{name}: {rate:.1f} clips/s ({note})", flush=True)
+    return name, f"{rate:.1f}", note
+
+
 def measure_backend(items, backend: str, keys, workers: list[int], batches: int, repeats: int) -> list[tuple]:
     """Table rows for one backend: the bare ceilings and, per worker count, the loader against the ceiling
     measured right before it (medians over ``repeats`` pairs)."""
@@ -163,22 +171,14 @@ def measure_backend(items, backend: str, keys, workers: list[int], batches: int,
                 rate, _ = loader_clips_per_s(items, backend, w, batches, normalize=True)
                 cpu_rates.append(rate)
                 cpu_ratios.append(rate / ceiling)
-        rate, ratio = _median(rates), _median(ratios)
-        note = f"{ratio:.0%} of bare ceiling (per-pair ratios {', '.join(f'{r:.0%}' for r in ratios)})"
         ref = REFERENCE.get(w)
-        if ref:
-            note += f"; {rate / ref:.2f}x reference ({ref})"
-        if w == 0:
-            note += f"; {_median(cpus):.0f} CPU ms/clip (all work in-process)"
-        loader_rows.append((f"{backend} loader, {w} workers", f"{rate:.1f}", note))
-        print(f"{loader_rows[-1][0]}: {rate:.1f} clips/s ({note})", flush=True)
+        loader_rows.append(_loader_row(
+            f"{backend} loader, {w} workers", rates, ratios, ref,
+            detail=f" (per-pair ratios {', '.join(f'{r:.0%}' for r in ratios)})",
+            tail=f"; {_median(cpus):.0f} CPU ms/clip (all work in-process)" if w == 0 else ""))
         if cpu_rates:
-            rate, ratio = _median(cpu_rates), _median(cpu_ratios)
-            note = f"{ratio:.0%} of bare ceiling"
-            if ref:
-                note += f"; {rate / ref:.2f}x reference ({ref})"
-            loader_rows.append((f"{backend} loader, {w} workers, normalised on this CPU", f"{rate:.1f}", note))
-            print(f"{loader_rows[-1][0]}: {rate:.1f} clips/s ({note})", flush=True)
+            loader_rows.append(_loader_row(f"{backend} loader, {w} workers, normalised on this CPU",
+                                           cpu_rates, cpu_ratios, ref))
     rows = []
     if ceilings[1]:
         rows.append((f"{backend} bare, 1 process", f"{_median(ceilings[1]):.1f}",

@@ -83,6 +83,7 @@ class VideoDataset(torch.utils.data.Dataset):
         self.transform, self.clip, self.train, self.seed = transform, clip, train, seed
         self.readers = ReaderCache(backend, **(decoder_options or {}))
         self.max_consecutive_failures = max_consecutive_failures
+        self._per_item_paths: set[str] = set()  # files a batched (DALI) decode failed on: decoded per item
 
     def __len__(self) -> int:
         return len(self.items)
@@ -90,6 +91,11 @@ class VideoDataset(torch.utils.data.Dataset):
     def _seeds(self, epoch: int, draw: int, index: int, attempt: int) -> np.ndarray:
         ss = np.random.SeedSequence([self.seed, epoch, draw, index, attempt])
         return ss.generate_state(1 + self.clip.num_clips, dtype=np.uint64)
+
+    def _draws(self, epoch: int, draw: int, index: int, attempt: int):
+        """(seeds, clip-placement rng or None for evaluation) of one sample: one derivation for every path."""
+        seeds = self._seeds(epoch, draw, index, attempt)
+        return seeds, np.random.default_rng(seeds[0]) if self.train else None
 
     def _plan(self, item: Item, rng: np.random.Generator | None):
         """(reader, frame indices per clip, sorted unique frames to decode) of a video item."""
@@ -121,10 +127,8 @@ class VideoDataset(torch.utils.data.Dataset):
 
     def load(self, index: int, epoch: int = 0, draw: int | None = None, attempt: int = 0) -> dict:
         """One sample; raises DecodeError for a bad item."""
-        item = self.items[index]
-        seeds = self._seeds(epoch, index if draw is None else draw, index, attempt)
-        rng = np.random.default_rng(seeds[0]) if self.train else None
-        return self._sample(index, self._frames(item, rng), seeds)
+        seeds, rng = self._draws(epoch, index if draw is None else draw, index, attempt)
+        return self._sample(index, self._frames(self.items[index], rng), seeds)
 
     def load_batch(self, keys) -> list[dict]:
         """The samples of one batch, equal to ``[self[k] for k in keys]``. With the DALI backend the clips
@@ -135,27 +139,24 @@ class VideoDataset(torch.utils.data.Dataset):
             return [self[k] for k in keys]
         from data.decoders import dali_decode
 
-        per_item = getattr(self, "_per_item_paths", set())
-        batched = [k for k in keys if not self._needs_per_item(_key(k)[0], per_item)]
+        batched = [k for k in keys if not self._needs_per_item(self.items[_key(k)[0]].path)]
         try:
             plans = []
             for key in batched:
                 index, epoch, draw = _key(key)
-                seeds = self._seeds(epoch, draw, index, 0)
-                rng = np.random.default_rng(seeds[0]) if self.train else None
+                seeds, rng = self._draws(epoch, draw, index, 0)
                 plans.append((key, index, seeds, *self._plan(self.items[index], rng)))
             decoded = dali_decode([(reader, wanted) for *_, reader, _, wanted in plans]) if plans else []
             done = {key: {**self._sample(index, _split_clips(frames, clips, wanted), seeds), "skipped": []}
                     for (key, index, seeds, _, clips, wanted), frames in zip(plans, decoded)}
         except Exception:  # noqa: BLE001 -- the per-item path names, counts and replaces whatever failed
             samples = [self[k] for k in keys]
-            self._per_item_paths = per_item | {f[0] for s in samples for f in s.get("skipped", s.get("failed", ()))}
+            self._per_item_paths |= {f[0] for s in samples for f in s.get("skipped", s.get("failed", ()))}
             return samples
         return [done[k] if k in done else self[k] for k in keys]
 
-    def _needs_per_item(self, index: int, per_item: set) -> bool:
-        path = self.items[index].path
-        return is_image(path) or path in per_item
+    def _needs_per_item(self, path: str) -> bool:
+        return is_image(path) or path in self._per_item_paths
 
     def _sample(self, index: int, clip_frames: list, seeds: np.ndarray) -> dict:
         item = self.items[index]

@@ -164,7 +164,6 @@ class ClipLoader:
             yield batch
         self.set_epoch(self.epoch + 1)
 
-
     def close(self) -> None:
         """Stop the persistent worker processes now (they otherwise live until garbage collection)."""
         it = getattr(self._dl, "_iterator", None)

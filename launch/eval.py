@@ -100,7 +100,7 @@ def build_loaders(cfg, settings, device="cpu"):
     from vjepa.train.data import clip_kwargs
 
     kw = dict(**clip_kwargs(cfg, device), batch_size=d.batch_size, num_workers=d.num_workers, seed=cfg.seed,
-              rank=0, world_size=1, num_clips=settings.num_segments, device=device)
+              rank=0, world_size=1, num_clips=settings.num_segments)
     train_loader = build_loader(train, train=settings.augment, crop_scale=tuple(d.crop_scale),
                                 randaugment=cfg.probe.randaugment, **kw)
     val_loader = build_loader([val], train=False, eval_crops=settings.num_views, **kw)

@@ -206,8 +206,10 @@ def check(cfg) -> None:
         fail("mask.kind", f"{cfg.mask.kind!r} is not multiblock, tube or ijepa")
     if cfg.nonfinite not in ("stop", "skip"):
         fail("nonfinite", f"{cfg.nonfinite!r} is not stop or skip")
-    if cfg.data.backend not in ("decord", "pyav", "dali"):
-        fail("data.backend", f"{cfg.data.backend!r} is not decord, pyav or dali")
+    from data.decoders import BACKENDS
+
+    if cfg.data.backend not in BACKENDS:
+        fail("data.backend", f"{cfg.data.backend!r} is not one of {list(BACKENDS)}")
     if cfg.data.dali_device not in ("cpu", "mixed"):
         fail("data.dali_device", f"{cfg.data.dali_device!r} is not cpu or mixed")
     if cfg.data.dali_device == "mixed" and cfg.data.backend != "dali":

@@ -18,14 +18,15 @@ def manifests(cfg) -> tuple[list[str], str | None]:
 
 
 def clip_kwargs(cfg, device="cpu") -> dict:
-    """Clip and decoder settings of the data config; DALI's NVDEC ('mixed') decodes on the training GPU."""
+    """build_loader's clip, decoder and device settings from the data config; batches arrive on `device`, and
+    DALI's NVDEC ('mixed') decodes on that GPU."""
     d = cfg.data
     options = {}
     if d.backend == "dali":
         options = {"device": d.dali_device, "device_id": torch.device(device).index or 0}
     return dict(frames_per_clip=d.frames_per_clip, frame_step=d.frame_step, fps=d.fps, duration=d.duration,
                 size=d.crop_size, backend=d.backend, decoder_options=options,
-                max_consecutive_failures=d.max_consecutive_failures)
+                max_consecutive_failures=d.max_consecutive_failures, device=device)
 
 
 class LoaderWrapper:
@@ -56,7 +57,7 @@ def build_train_loader(cfg, stage, info, seed: int, device="cpu") -> EndlessLoad
     train, _ = manifests(cfg)
     loader = build_loader(train, weights=cfg.data.weights, train=True, batch_size=cfg.data.batch_size,
                           num_workers=cfg.data.num_workers, seed=seed, rank=info.rank,
-                          world_size=info.world_size, device=device, **clip_kwargs(cfg, device))
+                          world_size=info.world_size, **clip_kwargs(cfg, device))
     return EndlessLoader(loader)
 
 
@@ -66,5 +67,5 @@ def build_probe_loaders(cfg, device="cpu"):
     if val is None:
         raise ValueError("config key data.val: the probe needs a validation manifest")
     kw = dict(train=False, batch_size=cfg.data.batch_size, num_workers=cfg.data.num_workers, seed=cfg.seed,
-              rank=0, world_size=1, device=device, **clip_kwargs(cfg, device))
+              rank=0, world_size=1, **clip_kwargs(cfg, device))
     return build_loader(train, **kw), build_loader([val], **kw)

@@ -26,7 +26,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -35,7 +34,6 @@ import torch
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-from data.clips import clip_indices, frame_step_for
 from data.dataset import is_image, read_image
 from data.transforms import normalize
 from vjepa.methods.base import layer_norm_targets
@@ -74,20 +72,13 @@ def view_params(dataset, index: int, view: int) -> dict:
     if dataset.clip.num_clips != 1:
         raise TargetCacheError("the target cache supports one clip per item (data num_clips=1)")
     item = dataset.items[index]
-    seeds = dataset._seeds(view, index, index, 0)
-    rng = np.random.default_rng(seeds[0])
-    c = dataset.clip
+    seeds, rng = dataset._draws(view, index, index, 0)  # as the dataset draws sample (index, view, index)
     if is_image(item.path):
         h, w = read_image(item.path).shape[1:3]
-        frames = np.zeros(c.frames_per_clip, dtype=np.int64)
+        frames = np.zeros(dataset.clip.frames_per_clip, dtype=np.int64)
     else:
-        reader = dataset.readers.get(item.path)
-        step = frame_step_for(reader.fps, c.frames_per_clip, c.frame_step, c.fps, c.duration)
-        fps = reader.fps or 30.0
-        first = int(math.floor(item.start * fps)) if item.start is not None else 0
-        last = int(math.ceil(item.end * fps)) if item.end is not None else None
-        frames = clip_indices(reader.num_frames, c.frames_per_clip, step, 1, rng, first, last, c.short)[0]
-        h, w = reader.height, reader.width
+        reader, clips, _ = dataset._plan(item, rng)  # the dataset's own clip placement
+        frames, (h, w) = clips[0], (reader.height, reader.width)
     box, flip = (0, 0, h, w), False
     with torch.random.fork_rng(devices=[]):
         torch.default_generator.manual_seed(int(seeds[1] % 2**63))  # as data.transforms.apply seeds
@@ -341,4 +332,4 @@ def _build_loader(cfg, info, seed: int, device="cpu"):
     bs = cfg.perf.target_cache.build_batch_size or cfg.data.batch_size
     return build_loader(train, train=True, shuffle=False, drop_last=False, batch_size=bs,
                         num_workers=cfg.data.num_workers, persistent_workers=False, seed=seed, rank=info.rank,
-                        world_size=info.world_size, device=device, **clip_kwargs(cfg, device))
+                        world_size=info.world_size, **clip_kwargs(cfg, device))
