@@ -1,7 +1,7 @@
 """Loader benchmark: clips/s per backend and worker count, against the bare-decoder ceiling.
 
     python -m data.bench [--videos DIR] [--batches 24] [--repeats 3] [--workers 0 1 2]
-                         [--backends decord pyav dali] [--no-write]
+                         [--backends decord pyav dali dali-gpu] [--no-write | --docs PATH --section NAME]
 
 Settings are those of ``../shared/reference.md`` §8: 16 frames, step 4, 1 clip, random resized crop 224
 (scale (0.3, 1.0), ratio (0.75, 1.35)), flip, normalise, batch 8, on the 8 files of
@@ -9,7 +9,9 @@ Settings are those of ``../shared/reference.md`` §8: 16 frames, step 4, 1 clip,
 The ceiling decodes exactly the loader's frame indices with the bare library, readers kept open, in a
 tight loop (1 process, and 2 processes in parallel). Each loader row runs ``--repeats`` times, each time
 right after its ceiling, and reports medians: on a shared machine throughput drifts by 10-20% between
-minutes, and a ratio of two back-to-back runs cancels most of that. Writes the ``## Data loader`` section
+minutes, and a ratio of two back-to-back runs cancels most of that. ``dali-gpu`` (needs CUDA): DALI NVDEC
+(``device='mixed'``), a batch of clips per pipeline run, frames decoded into GPU memory; its loader runs in the
+training process (0 workers) and crops, flips and normalises on the GPU. Writes the ``## Data loader`` section
 of ``docs/benchmarks.md`` and prints it.
 """
 
@@ -127,6 +129,51 @@ def bare_clips_per_s(items, backend: str, keys, processes: int) -> tuple[float, 
     return n / max(r[1] for r in results), 1000 * sum(r[2] for r in results) / n
 
 
+DALI_GPU_LOADER = dict(device="cuda", decoder_options={"device": "mixed", "device_id": 0})  # + backend="dali"
+
+
+def dali_gpu_bare_clips_per_s(items, keys, per_run: int) -> float:
+    """NVDEC ceiling: the same clips decoded by DALI alone, ``per_run`` clips per pipeline run, frames left
+    in GPU memory (readers opened -- file bytes read, metadata probed -- before the clock starts)."""
+    from data.decoders import dali_decode
+
+    readers = {}
+    for index, _ in keys:
+        path = items[index].path
+        if path not in readers:
+            readers[path] = open_video(path, "dali", device="mixed", device_id=0)
+    requests = [(readers[items[index].path], idx) for index, idx in keys]
+    dali_decode(requests[:per_run])  # warm-up: pipeline built, NVDEC sessions made
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for i in range(0, len(requests), per_run):
+        frames = dali_decode(requests[i:i + per_run])
+    torch.cuda.synchronize()
+    assert frames[0].is_cuda and frames[0].shape[0] == 16
+    return len(requests) / (time.perf_counter() - start)
+
+
+def measure_dali_gpu(items, keys, batches: int, repeats: int) -> list[tuple]:
+    if not torch.cuda.is_available():
+        return [("dali-gpu", "n/a", "DALI NVDEC (device='mixed') needs a GPU; none here")]
+    bs = SETTINGS["batch_size"]
+    rows = []
+    for per_run in (1, bs, 64):
+        rate = _median([dali_gpu_bare_clips_per_s(items, keys, per_run) for _ in range(repeats)])
+        note = "NVDEC ceiling, frames left in GPU memory" + (" (the loader's batch)" if per_run == bs else "")
+        rows.append((f"dali-gpu bare, {per_run} clips per pipeline run", f"{rate:.1f}", note))
+    rates, ratios = [], []
+    for _ in range(repeats):
+        ceiling = dali_gpu_bare_clips_per_s(items, keys, bs)
+        rate, _ = loader_clips_per_s(items, "dali", 0, batches, normalize=True, **DALI_GPU_LOADER)
+        rates.append(rate)
+        ratios.append(rate / ceiling)
+    rows.append(_loader_row("dali-gpu loader, 0 workers (batch decoded in one pipeline run)", rates, ratios,
+                            REFERENCE[2], detail=" of a batch per run",
+                            tail="; crop, flip, normalise on the GPU, float32 batch on the GPU"))
+    return rows
+
+
 def codec_of(path: str) -> str:
     import av
 
@@ -152,11 +199,11 @@ def _loader_row(name: str, rates: list[float], ratios: list[float], ref: float |
 def measure_backend(items, backend: str, keys, workers: list[int], batches: int, repeats: int) -> list[tuple]:
     """Table rows for one backend: the bare ceilings and, per worker count, the loader against the ceiling
     measured right before it (medians over ``repeats`` pairs)."""
-    ceilings = {1: [], 2: []}
+    ceilings = {max(w, 1): [] for w in workers}  # n workers are held against n bare processes
     cpu1 = []
     loader_rows = []
     for w in workers:
-        procs = 2 if w >= 2 else 1
+        procs = max(w, 1)
         rates, ratios, cpus, cpu_rates, cpu_ratios = [], [], [], [], []
         for _ in range(repeats):
             ceiling, cpu = bare_clips_per_s(items, backend, keys, procs)
@@ -180,15 +227,18 @@ def measure_backend(items, backend: str, keys, workers: list[int], batches: int,
             loader_rows.append(_loader_row(f"{backend} loader, {w} workers, normalised on this CPU",
                                            cpu_rates, cpu_ratios, ref))
     rows = []
-    if ceilings[1]:
-        rows.append((f"{backend} bare, 1 process", f"{_median(ceilings[1]):.1f}",
-                     f"decode ceiling, readers kept open; {_median(cpu1):.0f} CPU ms/clip"))
-    if ceilings[2]:
-        rows.append((f"{backend} bare, 2 processes", f"{_median(ceilings[2]):.1f}", "decode ceiling for 2 workers"))
+    for procs, rates in ceilings.items():
+        if procs == 1:
+            rows.append((f"{backend} bare, 1 process", f"{_median(rates):.1f}",
+                         f"decode ceiling, readers kept open; {_median(cpu1):.0f} CPU ms/clip"))
+        else:
+            rows.append((f"{backend} bare, {procs} processes", f"{_median(rates):.1f}",
+                         f"decode ceiling for {procs} workers"))
     return rows + loader_rows
 
 
-def run(videos: Path | None, batches: int, workers: list[int], backends: list[str], repeats: int = 3) -> str:
+def run(videos: Path | None, batches: int, workers: list[int], backends: list[str], repeats: int = 3,
+        section_name: str = "Data loader") -> str:
     tmp = None
     if videos is None:
         tmp = tempfile.TemporaryDirectory(prefix="vjepa_bench_")
@@ -205,8 +255,11 @@ def run(videos: Path | None, batches: int, workers: list[int], backends: list[st
     rows = []
     load_before = os.getloadavg()[0]
     for backend in backends:
+        if backend == "dali-gpu":
+            rows += measure_dali_gpu(items, keys, batches, repeats)
+            continue
         if backend == "dali" and codec not in DALI_CPU_CODECS:
-            rows.append((backend, "n/a", f"DALI CPU cannot decode {codec}; GPU (mixed) not lent to this task"))
+            rows.append((backend, "n/a", f"DALI's CPU decoder cannot decode {codec} (see the dali-gpu rows)"))
             continue
         rows += measure_backend(items, backend, keys, workers, batches, repeats)
     load_after = os.getloadavg()[0]
@@ -214,9 +267,13 @@ def run(videos: Path | None, batches: int, workers: list[int], backends: list[st
     made = "made by ../shared/bench/make_videos.sh (ffmpeg)" if shutil.which("ffmpeg") else \
         "made by `data.benchvideos` with PyAV (no ffmpeg binary here: similar content, not byte-identical to make_videos.sh)"
     source = made if tmp else f"{csv}"
-    section = f"""## Data loader
+    gpu = f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
+    dali_note = ("DALI GPU rows: see the dali-gpu rows above." if "dali-gpu" in backends and gpu else
+                 "DALI GPU (`device='mixed'`) rows need a GPU machine: `python -m data.bench --backends dali-gpu` "
+                 "there (see `## Data loader on a GPU machine` when one was lent).")
+    section = f"""## {section_name}
 
-`python -m data.bench` ({time.strftime('%Y-%m-%d')}, {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}).
+`python -m data.bench` ({time.strftime('%Y-%m-%d')}, {platform.machine()}, {os.cpu_count()} cores{gpu}, torch {torch.__version__}).
 Files: 8 x 10 s 320x240 30 fps {codec} (x264 defaults, keyint 250), {source}; each listed {REPEAT}x.
 Clip: 16 frames, step 4, 1 clip, RandomResizedCrop 224 scale (0.3, 1.0) ratio (0.75, 1.35), flip, batch 8;
 {clips} clips timed per run after one warm-up batch. Bare ceiling: the same frame indices decoded by the backend
@@ -233,7 +290,7 @@ Reference (V-JEPA 1 loader, reference.md §8): 8.0 clips/s with 0 workers, 15.7 
 
 The `pyav` backend decodes from the nearest keyframe and lets FFmpeg drop non-reference frames that are not
 requested (`skip_frame=NONREF`), so it decodes fewer frames than decord for the same, pixel-identical output.
-DALI GPU (`device='mixed'`) rows need a GPU machine; none was lent to this task.
+{dali_note}
 """
     if tmp:
         tmp.cleanup()
@@ -241,9 +298,10 @@ DALI GPU (`device='mixed'`) rows need a GPU machine; none was lent to this task.
 
 
 def write_section(section: str, path: Path = DOCS) -> None:
-    """Replace (or append) the ``## Data loader`` section, leaving other sections alone."""
+    """Replace (or append) the section with ``section``'s heading, leaving other sections alone."""
     text = path.read_text() if path.exists() else "# Benchmarks\n"
-    start = text.find("## Data loader")
+    heading = section.splitlines()[0]
+    start = text.find(heading + "\n")
     if start >= 0:
         end = text.find("\n## ", start + 1)
         text = text[:start] + section.rstrip() + "\n" + (text[end:] if end >= 0 else "")
@@ -259,12 +317,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--batches", type=int, default=24)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--backends", nargs="+", default=["decord", "pyav", "dali"])
+    p.add_argument("--backends", nargs="+", default=["decord", "pyav", "dali", "dali-gpu"])
     p.add_argument("--no-write", action="store_true")
+    p.add_argument("--docs", type=Path, default=DOCS, help="markdown file the section is written to")
+    p.add_argument("--section", default="Data loader", help="section heading (a GPU machine's run gets its own)")
     a = p.parse_args(argv)
-    section = run(a.videos, a.batches, a.workers, a.backends, a.repeats)
+    section = run(a.videos, a.batches, a.workers, a.backends, a.repeats, a.section)
     if not a.no_write:
-        write_section(section)
+        write_section(section, a.docs)
     print(section)
 
 
