@@ -132,7 +132,7 @@ def bare_clips_per_s(items, backend: str, keys, processes: int) -> tuple[float, 
 DALI_GPU_LOADER = dict(device="cuda", decoder_options={"device": "mixed", "device_id": 0})  # + backend="dali"
 
 
-def dali_gpu_bare_clips_per_s(items, keys, per_run: int) -> float:
+def dali_gpu_bare_clips_per_s(items, keys, per_run: int, threads: int | None = None) -> float:
     """NVDEC ceiling: the same clips decoded by DALI alone, ``per_run`` clips per pipeline run, frames left
     in GPU memory (readers opened -- file bytes read, metadata probed -- before the clock starts)."""
     from data.decoders import dali_decode
@@ -141,7 +141,7 @@ def dali_gpu_bare_clips_per_s(items, keys, per_run: int) -> float:
     for index, _ in keys:
         path = items[index].path
         if path not in readers:
-            readers[path] = open_video(path, "dali", device="mixed", device_id=0)
+            readers[path] = open_video(path, "dali", device="mixed", device_id=0, threads=threads)
     requests = [(readers[items[index].path], idx) for index, idx in keys]
     dali_decode(requests[:per_run])  # warm-up: pipeline built, NVDEC sessions made
     torch.cuda.synchronize()
@@ -153,23 +153,29 @@ def dali_gpu_bare_clips_per_s(items, keys, per_run: int) -> float:
     return len(requests) / (time.perf_counter() - start)
 
 
-def measure_dali_gpu(items, keys, batches: int, repeats: int) -> list[tuple]:
+def measure_dali_gpu(items, keys, batches: int, repeats: int, threads: list[int]) -> list[tuple]:
+    """NVDEC ceilings per pipeline thread count (DALI decodes the clips of a run in parallel, one per thread)
+    and clips per run, then the GPU loader (default threads) against its ceiling."""
     if not torch.cuda.is_available():
         return [("dali-gpu", "n/a", "DALI NVDEC (device='mixed') needs a GPU; none here")]
+    from data.decoders import DALI_MIXED_THREADS
+
     bs = SETTINGS["batch_size"]
     rows = []
-    for per_run in (1, bs, 64):
-        rate = _median([dali_gpu_bare_clips_per_s(items, keys, per_run) for _ in range(repeats)])
-        note = "NVDEC ceiling, frames left in GPU memory" + (" (the loader's batch)" if per_run == bs else "")
-        rows.append((f"dali-gpu bare, {per_run} clips per pipeline run", f"{rate:.1f}", note))
+    for t in threads:
+        for per_run in (bs, 64):
+            rate = _median([dali_gpu_bare_clips_per_s(items, keys, per_run, t) for _ in range(repeats)])
+            note = "NVDEC ceiling, frames left in GPU memory" + (" (the loader's batch)" if per_run == bs else "")
+            rows.append((f"dali-gpu bare, {per_run} clips per pipeline run, {t} threads", f"{rate:.1f}", note))
+    default = min(DALI_MIXED_THREADS, os.cpu_count() or 1)
     rates, ratios = [], []
     for _ in range(repeats):
-        ceiling = dali_gpu_bare_clips_per_s(items, keys, bs)
+        ceiling = dali_gpu_bare_clips_per_s(items, keys, bs, default)
         rate, _ = loader_clips_per_s(items, "dali", 0, batches, normalize=True, **DALI_GPU_LOADER)
         rates.append(rate)
         ratios.append(rate / ceiling)
-    rows.append(_loader_row("dali-gpu loader, 0 workers (batch decoded in one pipeline run)", rates, ratios,
-                            REFERENCE[2], detail=" of a batch per run",
+    rows.append(_loader_row(f"dali-gpu loader, 0 workers, {default} pipeline threads", rates, ratios, REFERENCE[2],
+                            detail=f" ({default} threads, a batch per run)",
                             tail="; crop, flip, normalise on the GPU, float32 batch on the GPU"))
     return rows
 
@@ -238,7 +244,7 @@ def measure_backend(items, backend: str, keys, workers: list[int], batches: int,
 
 
 def run(videos: Path | None, batches: int, workers: list[int], backends: list[str], repeats: int = 3,
-        section_name: str = "Data loader") -> str:
+        section_name: str = "Data loader", dali_threads: tuple[int, ...] = (1, 8)) -> str:
     tmp = None
     if videos is None:
         tmp = tempfile.TemporaryDirectory(prefix="vjepa_bench_")
@@ -256,7 +262,7 @@ def run(videos: Path | None, batches: int, workers: list[int], backends: list[st
     load_before = os.getloadavg()[0]
     for backend in backends:
         if backend == "dali-gpu":
-            rows += measure_dali_gpu(items, keys, batches, repeats)
+            rows += measure_dali_gpu(items, keys, batches, repeats, dali_threads)
             continue
         if backend == "dali" and codec not in DALI_CPU_CODECS:
             rows.append((backend, "n/a", f"DALI's CPU decoder cannot decode {codec} (see the dali-gpu rows)"))
@@ -318,11 +324,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--backends", nargs="+", default=["decord", "pyav", "dali", "dali-gpu"])
+    p.add_argument("--dali-threads", type=int, nargs="+", default=[1, 8], help="dali-gpu: pipeline threads to try")
     p.add_argument("--no-write", action="store_true")
     p.add_argument("--docs", type=Path, default=DOCS, help="markdown file the section is written to")
     p.add_argument("--section", default="Data loader", help="section heading (a GPU machine's run gets its own)")
     a = p.parse_args(argv)
-    section = run(a.videos, a.batches, a.workers, a.backends, a.repeats, a.section)
+    section = run(a.videos, a.batches, a.workers, a.backends, a.repeats, a.section, tuple(a.dali_threads))
     if not a.no_write:
         write_section(section, a.docs)
     print(section)

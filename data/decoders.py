@@ -207,7 +207,7 @@ class DaliReader:
 
     backend = "dali"
 
-    def __init__(self, path: str, device: str = "cpu", device_id: int = 0, threads: int = 1):
+    def __init__(self, path: str, device: str = "cpu", device_id: int = 0, threads: int | None = None):
 
         check_file(path)
         self.path, self.device = str(path), device
@@ -223,6 +223,9 @@ class DaliReader:
                               f"DALI's CPU decoder handles {sorted(DALI_CPU_CODECS)}, not {self.codec}; "
                               "use device='mixed' on a GPU or the decord/pyav backend")
         self._encoded = np.fromfile(self.path, dtype=np.uint8)
+        if threads is None:  # DALI decodes the samples of a run in parallel, one per pipeline thread; with one
+            # thread NVDEC decoded 16 clips/s on an H200 whatever the batch (docs/benchmarks.md)
+            threads = min(DALI_MIXED_THREADS, os.cpu_count() or 1) if device == "mixed" else 1
         self.pipe_key = (device, device_id if device == "mixed" else None, max(threads, 1))
 
     def get_frames(self, indices):
@@ -233,6 +236,7 @@ class DaliReader:
 
 
 DALI_MAX_BATCH = 64  # clips per pipeline run; larger requests run in chunks
+DALI_MIXED_THREADS = 8  # default pipeline threads for NVDEC: samples of a run decode in parallel
 _DALI_PIPES: dict = {}
 
 

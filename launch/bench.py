@@ -138,8 +138,10 @@ def real_batches(args):
         yield from loader
 
 
-def time_steps(method, gens, args, device, cached: bool = False, batches=None, peak_flops=None) -> dict:
-    """Mean seconds per step of each part over args.steps steps after args.warmup."""
+def time_steps(method, gens, args, device, cached: bool = False, batches=None, peak_flops=None,
+               trace: Path | None = None) -> dict:
+    """Mean seconds per step of each part over args.steps steps after args.warmup; with ``trace``, two more
+    steps profiled into ``trace``.json (chrome trace) and ``trace``.txt (the top ops)."""
     method.to(device).train()
     opt = build_optimizer(list(method.trained_modules().values()), 1e-4)
     sampler = MaskSampler(gens, seed=0)
@@ -186,7 +188,8 @@ def time_steps(method, gens, args, device, cached: bool = False, batches=None, p
              "step": 0.0}
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    for i in range(args.warmup + args.steps):
+    def step(i):
+        """One training step; the times at its boundaries (synchronised)."""
         sync()
         t_d = time.perf_counter()
         video, extra = next_inputs()
@@ -207,7 +210,10 @@ def time_steps(method, gens, args, device, cached: bool = False, batches=None, p
         t3 = time.perf_counter()
         method.after_step(i, 1000)
         sync()
-        t4 = time.perf_counter()
+        return t_d, t0, t1, t2, t3, time.perf_counter()
+
+    for i in range(args.warmup + args.steps):
+        t_d, t0, t1, t2, t3, t4 = step(i)
         if i >= args.warmup:
             parts["data"] += t0 - t_d
             parts["teacher_fwd"] += teacher_time[0]
@@ -216,6 +222,17 @@ def time_steps(method, gens, args, device, cached: bool = False, batches=None, p
             parts["optimizer"] += t3 - t2
             parts["ema"] += t4 - t3
             parts["step"] += t4 - t_d
+    if trace is not None:  # two more steps under the profiler: where the step's time goes, kernel by kernel
+        from torch.profiler import ProfilerActivity, profile
+
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+        with profile(activities=activities) as prof:
+            for i in range(2):
+                step(args.warmup + args.steps + i)
+        trace.parent.mkdir(parents=True, exist_ok=True)
+        prof.export_chrome_trace(str(trace.with_suffix(".json")))
+        sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+        trace.with_suffix(".txt").write_text(prof.key_averages().table(sort_by=sort, row_limit=30))
     out = {k: v / args.steps for k, v in parts.items()}
     out["clips_per_s"] = args.batch / out["step"]
     out["gflop_per_clip"] = flops / args.batch / 1e9
@@ -322,6 +339,8 @@ def main(argv=None) -> dict:
                    help="torch.compile encoder/predictor/teacher (mask lengths bucketed)")
     p.add_argument("--mask-bucket", type=int, default=32)
     p.add_argument("--grad-checkpointing", action="store_true")
+    p.add_argument("--trace", type=Path, default=None,
+                   help="folder: per case, two extra steps profiled (CASE.json chrome trace, CASE.txt top ops)")
     p.add_argument("--write", action="store_true", help="write the table into docs/benchmarks.md")
     p.add_argument("--section", default="Train step", help="the docs/benchmarks.md section --write replaces")
     p.add_argument("--docs", type=Path, default=DOCS, help="the markdown file --write edits")
@@ -336,8 +355,9 @@ def main(argv=None) -> dict:
         torch.manual_seed(0)
         kind, student, teacher = CASES[name]
         method, gens = build(kind, student, teacher, args)
+        trace = args.trace / name.replace("/", "_") if args.trace else None
         rows[name] = time_steps(method, gens, args, device, cached=kind == "salt-cached", batches=batches,
-                                peak_flops=peak)
+                                peak_flops=peak, trace=trace)
         r = rows[name]
         mfu = f", MFU {100 * r['mfu']:.1f}%" if r["mfu"] is not None else ""
         print(f"{name}: {r['step']:.3f} s/step, {r['clips_per_s']:.1f} clips/s{mfu}", flush=True)

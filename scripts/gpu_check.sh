@@ -9,13 +9,11 @@
 # Everything printed goes to $OUT/gpu_check.txt (the device tool returns $OUT), the bench tables also to
 # $OUT/benchmarks_gpu.md; paste them into docs/benchmarks.md (## Performance) with the date.
 #
-# On the lent machine (python3 there has torch, timm, numpy, pytest): decord, av, hydra-core, omegaconf
-# and antlr4-python3-runtime are not installed there; carry them as wheels in .whl/ (see
-# /work/.library/device/README.md) and this script installs them into /tmp/site. The nvidia-dali-cuda130
-# wheel unpacks to ~480 MB, over the 64 MiB a call carries: carry it (trimmed to Python 3.12, zstd, ~140 MB)
-# in pieces over several calls of one warm machine and unpack it into /tmp/site (with its pure-Python
-# needs: astunparse, gast, optree, makefun, libcst, nvtx) before this script; without it the NVDEC tests
-# skip and the dali-gpu rows say why.
+# On the lent machine (python3 there has torch, timm, numpy, pytest): decord, av, hydra-core, omegaconf,
+# antlr4-python3-runtime and nvidia-dali are not installed there. scripts/pack_dali.sh puts their wheels in
+# .whl/ (this script installs them into /tmp/site) and DALI in two pieces, and says how to carry them over
+# three calls of one warm machine; without DALI the NVDEC tests skip and the dali-gpu rows say why.
+# Section 3 also writes a profiler trace of two steps per case ($OUT/trace/CASE.json.gz, CASE.txt).
 #
 # usage: OUT=/tmp/out [PARTS="tests data model"] [TESTS_K=nvdec] bash scripts/gpu_check.sh
 set -uo pipefail
@@ -55,7 +53,8 @@ if want model; then
 echo; echo "== 3. ViT-L/16 16x224x224 SALT student step, bf16"
 timeout 240 $PY -m launch.bench --cases salt-large salt-large-cached --size 224 --frames 16 --batch 16 \
   --pred-width 384 --pred-depth 12 --steps 8 --warmup 3 --write --section "GPU check (H200)" \
-  --docs "$OUT/benchmarks_gpu.md" 2>&1 | tail -12
+  --docs "$OUT/benchmarks_gpu.md" --trace "$OUT/trace" 2>&1 | tail -12
+gzip -f "$OUT"/trace/*.json 2>/dev/null
 if [ $(( $(date +%s) - START )) -lt "${COMPILE_IF_UNDER_S:-330}" ]; then  # device time is short: 0 skips it
   echo; echo "== 3b. the same with torch.compile (inductor, mask lengths bucketed to 32)"
   timeout 150 $PY -m launch.bench --cases salt-large-cached --size 224 --frames 16 --batch 16 \
