@@ -46,22 +46,25 @@ def epoch_order(num_items: int, epoch: int, seed: int, shuffle: bool, weights=No
     return np.arange(num_items)
 
 
-class _EpochBatches(torch.utils.data.Sampler):
-    """Batch sampler reading the loader's current (epoch, batches_consumed): yields lists of (index, epoch, draw)."""
+class _BatchStream(torch.utils.data.Sampler):
+    """The DataLoader's batch sampler: lists of (index, epoch, draw) from the loader's position on, epoch after
+    epoch without end. Workers so run ahead into the next epoch instead of draining at every epoch end (an
+    epoch of 8 batches left 2 workers idle for a batch each time: 85-94% of the decode ceiling instead of
+    92-95%); ``ClipLoader`` hands out one epoch per iteration."""
 
     def __init__(self, loader: "ClipLoader"):
         self.loader = loader
 
     def __iter__(self):
-        batches = self.loader._batches(self.loader.epoch)
-        yield from batches[self.loader.batches_consumed:]
-
-    def __len__(self) -> int:
-        return max(len(self.loader) - self.loader.batches_consumed, 0)
+        epoch, start = self.loader._position()
+        while True:
+            yield from self.loader._batches(epoch)[start:]
+            epoch, start = epoch + 1, 0
 
 
 class ClipLoader:
-    """Iterable over batches (see module doc). Iterating finishes the current epoch, then advances to the next."""
+    """Iterable over batches (see module doc). Iterating finishes the current epoch, then advances to the next;
+    the workers' queue runs on across epochs (``_BatchStream``)."""
 
     def __init__(self, dataset: VideoDataset, batch_size: int, shuffle: bool, drop_last: bool, seed: int,
                  rank: int, world_size: int, weights=None, num_workers: int = 2, pin_memory: bool = False,
@@ -86,8 +89,10 @@ class ClipLoader:
             kw = dict(persistent_workers=persistent_workers, prefetch_factor=prefetch_factor,
                       worker_init_fn=_seed_worker, multiprocessing_context=_worker_context(worker_start),
                       timeout=worker_timeout)  # a stuck decoder becomes an error, not a hang
-        self._dl = torch.utils.data.DataLoader(dataset, batch_sampler=_EpochBatches(self), num_workers=num_workers,
+        self._dl = torch.utils.data.DataLoader(dataset, batch_sampler=_BatchStream(self), num_workers=num_workers,
                                                collate_fn=collate_clips, pin_memory=pin_memory, **kw)
+        self._stream, self._stream_next = None, None  # the DataLoader iterator kept across epochs; its next position
+        self.stream_starts = 0  # times the workers' queue was (re)started at a position: once, unless moved
         # DALI in the training process decodes a whole batch per pipeline run (NVDEC with device='mixed')
         self._batch_decode = num_workers == 0 and dataset.readers.backend == "dali"
 
@@ -109,6 +114,13 @@ class ClipLoader:
     def __len__(self) -> int:
         per_rank = -(-len(self.dataset) // self.world_size)
         return per_rank // self.batch_size if self.drop_last else -(-per_rank // self.batch_size)
+
+    def _position(self, epoch: int | None = None, batch: int | None = None) -> tuple[int, int]:
+        """(epoch, batch) of the next batch to hand out (default: the loader's); a finished epoch is the
+        next one's start."""
+        epoch = self.epoch if epoch is None else epoch
+        batch = self.batches_consumed if batch is None else batch
+        return (epoch + 1, 0) if batch >= len(self) else (epoch, batch)
 
     # ---- resumable state ---------------------------------------------------------------------
     def set_epoch(self, epoch: int) -> None:
@@ -148,8 +160,11 @@ class ClipLoader:
     def __iter__(self):
         if self.batches_consumed >= len(self):  # finished epoch: move on
             self.set_epoch(self.epoch + 1)
-        batches = (collate_clips(self.dataset.load_batch(keys)) for keys in _EpochBatches(self)) \
-            if self._batch_decode else self._dl
+        if self._batch_decode:
+            batches = (collate_clips(self.dataset.load_batch(keys))
+                       for keys in self._batches(self.epoch)[self.batches_consumed:])
+        else:
+            batches = self._epoch_from_stream()
         for batch in batches:
             self._record(batch["skipped"])
             if "failed" in batch:
@@ -164,12 +179,25 @@ class ClipLoader:
             yield batch
         self.set_epoch(self.epoch + 1)
 
+    def _epoch_from_stream(self):
+        """The rest of the current epoch's batches from the DataLoader iterator kept across epochs (made anew
+        when the position moved under it: ``load_state_dict``, ``set_epoch``, an error)."""
+        if self._stream is None or self._stream_next != self._position():
+            self._stream_next = None
+            self._stream = iter(self._dl)  # persistent workers: reset to the position (prefetched work dropped)
+            self.stream_starts += 1
+        for b in range(self.batches_consumed, len(self)):
+            batch = next(self._stream)
+            self._stream_next = self._position(self.epoch, b + 1)
+            yield batch
+
     def close(self) -> None:
         """Stop the persistent worker processes now (they otherwise live until garbage collection)."""
         it = getattr(self._dl, "_iterator", None)
         if it is not None and hasattr(it, "_shutdown_workers"):
             it._shutdown_workers()
         self._dl._iterator = None
+        self._stream, self._stream_next = None, None
 
     def _normalized(self, video: torch.Tensor) -> torch.Tensor:
         video = video.to(self.device, non_blocking=video.is_pinned())

@@ -78,6 +78,29 @@ def test_resume_is_exact_and_workers_do_not_matter(root):
     assert resumed.state_dict() == {**state, "epoch": 2, "batches_consumed": 0}
 
 
+def test_workers_run_on_across_epochs_and_positions_stay_exact(root):
+    """The workers' queue is started once and runs into the next epoch (no drain at each epoch end), through a
+    consumer that stops mid-epoch and comes back; moving the position restarts it there."""
+    ref = build_loader(root / "train.jsonl", num_workers=0, seed=5, **CLIP)
+    ref_batches = [b for _ in range(3) for b in ref]
+    want = [b["index"].tolist() for b in ref_batches]
+    loader = build_loader(root / "train.jsonl", num_workers=2, seed=5, **CLIP)
+    got = [b["index"].tolist() for b in loader]          # epoch 0
+    it = iter(loader)
+    got += [next(it)["index"].tolist() for _ in range(2)]  # epoch 1, stopped after 2 batches
+    del it
+    got += [b["index"].tolist() for b in loader]          # the rest of epoch 1
+    last = [b for b in loader]                             # epoch 2
+    got += [b["index"].tolist() for b in last]
+    assert got == want and loader.stream_starts == 1
+    assert all(torch.equal(a["video"], b["video"]) for a, b in zip(last, ref_batches[12:]))
+    loader.load_state_dict({"epoch": 0, "batches_consumed": 2})
+    assert [b["index"].tolist() for b in loader] == want[2:6] and loader.stream_starts == 2
+    assert loader.state_dict()["epoch"] == 1 and [b["index"].tolist() for b in loader] == want[6:12]
+    assert loader.stream_starts == 2
+    loader.close()
+
+
 def test_ranks_shard_the_epoch(root):
     shards = [build_loader(root / "train.jsonl", num_workers=0, rank=r, world_size=2, **{**CLIP, "batch_size": 3})
               for r in range(2)]
