@@ -275,8 +275,8 @@ def run(videos: Path | None, batches: int, workers: list[int], backends: list[st
     source = made if tmp else f"{csv}"
     gpu = f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
     dali_note = ("DALI GPU rows: see the dali-gpu rows above." if "dali-gpu" in backends and gpu else
-                 "DALI GPU (`device='mixed'`) rows need a GPU machine: `python -m data.bench --backends dali-gpu` "
-                 "there (see `## Data loader on a GPU machine` when one was lent).")
+                 "DALI GPU (`device='mixed'`) rows need a GPU machine (`--backends decord dali-gpu` there): "
+                 "see `## Data loader on a GPU machine (H200)`.")
     section = f"""## {section_name}
 
 `python -m data.bench` ({time.strftime('%Y-%m-%d')}, {platform.machine()}, {os.cpu_count()} cores{gpu}, torch {torch.__version__}).
