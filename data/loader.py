@@ -187,7 +187,11 @@ class ClipLoader:
             self._stream = iter(self._dl)  # persistent workers: reset to the position (prefetched work dropped)
             self.stream_starts += 1
         for b in range(self.batches_consumed, len(self)):
-            batch = next(self._stream)
+            try:
+                batch = next(self._stream)
+            except Exception:
+                self._stream_next = None  # a worker error or timeout: start afresh at the position next time
+                raise
             self._stream_next = self._position(self.epoch, b + 1)
             yield batch
 
