@@ -18,9 +18,11 @@ of ``docs/benchmarks.md`` and prints it.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import multiprocessing as mp
 import os
 import platform
+import re
 import shutil
 import tempfile
 import time
@@ -158,7 +160,9 @@ def measure_dali_gpu(items, keys, batches: int, repeats: int, threads: list[int]
     and clips per run, then the GPU loader (default threads) against its ceiling."""
     if not torch.cuda.is_available():
         return [("dali-gpu", "n/a", "DALI NVDEC (device='mixed') needs a GPU; none here")]
-    from data.decoders import DALI_MIXED_THREADS
+    if importlib.util.find_spec("nvidia") is None or importlib.util.find_spec("nvidia.dali") is None:
+        return [("dali-gpu", "n/a", "nvidia-dali is not installed here (scripts/pack_dali.sh carries it to a GPU machine)")]
+    from data.decoders import DALI_MIXED_THREADS, usable_cpus
 
     bs = SETTINGS["batch_size"]
     rows = []
@@ -167,7 +171,7 @@ def measure_dali_gpu(items, keys, batches: int, repeats: int, threads: list[int]
             rate = _median([dali_gpu_bare_clips_per_s(items, keys, per_run, t) for _ in range(repeats)])
             note = "NVDEC ceiling, frames left in GPU memory" + (" (the loader's batch)" if per_run == bs else "")
             rows.append((f"dali-gpu bare, {per_run} clips per pipeline run, {t} threads", f"{rate:.1f}", note))
-    default = min(DALI_MIXED_THREADS, os.cpu_count() or 1)
+    default = min(DALI_MIXED_THREADS, usable_cpus())
     rates, ratios = [], []
     for _ in range(repeats):
         ceiling = dali_gpu_bare_clips_per_s(items, keys, bs, default)
@@ -307,7 +311,8 @@ def write_section(section: str, path: Path = DOCS) -> None:
     """Replace (or append) the section with ``section``'s heading, leaving other sections alone."""
     text = path.read_text() if path.exists() else "# Benchmarks\n"
     heading = section.splitlines()[0]
-    start = text.find(heading + "\n")
+    match = re.search(rf"^{re.escape(heading)}$", text, re.MULTILINE)  # the whole line: not "### ..." nor a prefix
+    start = match.start() if match else -1
     if start >= 0:
         end = text.find("\n## ", start + 1)
         text = text[:start] + section.rstrip() + "\n" + (text[end:] if end >= 0 else "")

@@ -225,7 +225,7 @@ class DaliReader:
         self._encoded = np.fromfile(self.path, dtype=np.uint8)
         if threads is None:  # DALI decodes the samples of a run in parallel, one per pipeline thread; with one
             # thread NVDEC decoded 16 clips/s on an H200 whatever the batch (docs/benchmarks.md)
-            threads = min(DALI_MIXED_THREADS, os.cpu_count() or 1) if device == "mixed" else 1
+            threads = min(DALI_MIXED_THREADS, usable_cpus()) if device == "mixed" else 1
         self.pipe_key = (device, device_id if device == "mixed" else None, max(threads, 1))
 
     def get_frames(self, indices):
@@ -301,6 +301,14 @@ def _dali_uint8():
     from nvidia.dali import types
 
     return types.UINT8
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask: a container's or a SLURM task's share)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 def open_video(path: str | Path, backend: str = "decord", **options):

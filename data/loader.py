@@ -47,10 +47,10 @@ def epoch_order(num_items: int, epoch: int, seed: int, shuffle: bool, weights=No
 
 
 class _BatchStream(torch.utils.data.Sampler):
-    """The DataLoader's batch sampler: lists of (index, epoch, draw) from the loader's position on, epoch after
-    epoch without end. Workers so run ahead into the next epoch instead of draining at every epoch end (an
-    epoch of 8 batches left 2 workers idle for a batch each time: 85-94% of the decode ceiling instead of
-    92-95%); ``ClipLoader`` hands out one epoch per iteration."""
+    """The DataLoader's batch sampler: lists of (index, epoch, draw) from the loader's position on, to the end
+    of the epoch, or (``run_on``) epoch after epoch without end. Workers then run ahead into the next epoch
+    instead of draining at every epoch end (an epoch of 8 batches left 2 workers idle for a batch each time:
+    86% of the decode ceiling instead of 93%); ``ClipLoader`` hands out one epoch per iteration."""
 
     def __init__(self, loader: "ClipLoader"):
         self.loader = loader
@@ -59,6 +59,8 @@ class _BatchStream(torch.utils.data.Sampler):
         epoch, start = self.loader._position()
         while True:
             yield from self.loader._batches(epoch)[start:]
+            if not self.loader.run_on:
+                return
             epoch, start = epoch + 1, 0
 
 
@@ -70,7 +72,7 @@ class ClipLoader:
                  rank: int, world_size: int, weights=None, num_workers: int = 2, pin_memory: bool = False,
                  persistent_workers: bool = True, prefetch_factor: int = 2, manifest_problems=(),
                  worker_start: str = "forkserver", worker_timeout: float = 600.0, device="cpu",
-                 normalize: bool = True):
+                 normalize: bool = True, run_on: bool = False):
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} not in [0, {world_size})")
         self.dataset, self.batch_size, self.shuffle, self.drop_last = dataset, batch_size, shuffle, drop_last
@@ -93,6 +95,8 @@ class ClipLoader:
                                                collate_fn=collate_clips, pin_memory=pin_memory, **kw)
         self._stream, self._stream_next = None, None  # the DataLoader iterator kept across epochs; its next position
         self.stream_starts = 0  # times the workers' queue was (re)started at a position: once, unless moved
+        # the queue runs on across epochs only where workers outlive an epoch and more epochs will be read
+        self.run_on = run_on and num_workers > 0 and persistent_workers
         # DALI in the training process decodes a whole batch per pipeline run (NVDEC with device='mixed')
         self._batch_decode = num_workers == 0 and dataset.readers.backend == "dali"
 
@@ -182,15 +186,15 @@ class ClipLoader:
     def _epoch_from_stream(self):
         """The rest of the current epoch's batches from the DataLoader iterator kept across epochs (made anew
         when the position moved under it: ``load_state_dict``, ``set_epoch``, an error)."""
-        if self._stream is None or self._stream_next != self._position():
+        if not self.run_on or self._stream is None or self._stream_next != self._position():
             self._stream_next = None
             self._stream = iter(self._dl)  # persistent workers: reset to the position (prefetched work dropped)
             self.stream_starts += 1
         for b in range(self.batches_consumed, len(self)):
             try:
                 batch = next(self._stream)
-            except Exception:
-                self._stream_next = None  # a worker error or timeout: start afresh at the position next time
+            except BaseException:  # a worker error, a timeout, an interrupt: fresh workers at the position next time
+                self.close()
                 raise
             self._stream_next = self._position(self.epoch, b + 1)
             yield batch
@@ -249,7 +253,8 @@ def build_loader(manifests=None, *, items: list[Item] | None = None, image_folde
                  prefetch_factor: int = 2, seed: int = 0, rank: int | None = None, world_size: int | None = None,
                  shuffle: bool | None = None, drop_last: bool | None = None,
                  max_consecutive_failures: int = 10, worker_start: str = "forkserver",
-                 worker_timeout: float = 600.0, device="cpu", normalize: bool = True) -> ClipLoader:
+                 worker_timeout: float = 600.0, device="cpu", normalize: bool = True,
+                 run_on: bool | None = None) -> ClipLoader:
     """Build a loader from manifest path(s) (with optional per-manifest ``weights``), ready ``items``, or an
     ``image_folder`` (folder per class; images become T=1 clips).
 
@@ -257,6 +262,8 @@ def build_loader(manifests=None, *, items: list[Item] | None = None, image_folde
     resize + centre crop (``eval_crops=3``: three crops). ``shuffle``/``drop_last`` default to ``train``.
     Batches arrive normalised on ``device`` (the training device: the float pass then runs there), or as
     uint8 with ``normalize=False`` (for a consumer that normalises itself, e.g. inside a compiled step).
+    ``run_on`` (default: ``train``) lets persistent workers decode on into the next epoch (``_BatchStream``);
+    an evaluation loader read once per evaluation stops at its epoch's end instead.
     """
     sources = sum(x is not None for x in (manifests, items, image_folder))
     if sources != 1:
@@ -288,4 +295,4 @@ def build_loader(manifests=None, *, items: list[Item] | None = None, image_folde
     return ClipLoader(dataset, batch_size, train if shuffle is None else shuffle,
                       train if drop_last is None else drop_last, seed, rank, world_size, sample_weights,
                       num_workers, pin_memory, persistent_workers, prefetch_factor, problems,
-                      worker_start, worker_timeout, device, normalize)
+                      worker_start, worker_timeout, device, normalize, train if run_on is None else run_on)

@@ -99,6 +99,13 @@ def test_workers_run_on_across_epochs_and_positions_stay_exact(root):
     assert loader.state_dict()["epoch"] == 1 and [b["index"].tolist() for b in loader] == want[6:12]
     assert loader.stream_starts == 2
     loader.close()
+    # workers that do not outlive an epoch, and evaluation loaders, stop at the epoch's end (nothing decoded ahead)
+    for kw in (dict(persistent_workers=False), dict(run_on=False)):
+        once = build_loader(root / "train.jsonl", num_workers=2, seed=5, **kw, **CLIP)
+        assert not once.run_on
+        assert [b["index"].tolist() for _ in range(2) for b in once] == want[:12] and once.stream_starts == 2
+        once.close()
+    assert not build_loader(root / "val.jsonl", train=False, num_workers=2, **CLIP).run_on
 
 
 def test_ranks_shard_the_epoch(root):

@@ -317,8 +317,11 @@ def setup_target_cache(cfg, stage, method, stage_dir: Path, info, device: torch.
             raise  # a finished cache for something else: never overwrite it silently
         if info.is_main:
             log.info("%s: building the teacher-target cache in %s (%s)", stage.name, path, e)
-        cache = build_target_cache(path, method.teacher, _build_loader(cfg, info, seed, device), key, device, info,
-                                   tc.shard_items)
+        views_loader = _build_loader(cfg, info, seed, device)
+        try:
+            cache = build_target_cache(path, method.teacher, views_loader, key, device, info, tc.shard_items)
+        finally:
+            views_loader.close()  # its workers are not needed for training
     method.release_teacher()
     return CachedTargetLoader(loader, cache, tc.verify)
 
