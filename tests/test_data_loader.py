@@ -108,6 +108,22 @@ def test_workers_run_on_across_epochs_and_positions_stay_exact(root):
     assert not build_loader(root / "val.jsonl", train=False, num_workers=2, **CLIP).run_on
 
 
+def test_a_dead_worker_restarts_the_stream_with_fresh_workers_at_its_position(root):
+    want = [b["index"].tolist() for b in build_loader(root / "train.jsonl", num_workers=0, seed=5, **CLIP)]
+    # a dead worker is noticed by the SIGCHLD handler, or when a wait for data times out (a race in torch)
+    loader = build_loader(root / "train.jsonl", num_workers=2, seed=5, worker_timeout=20, **CLIP)
+    it = iter(loader)
+    got = [next(it)["index"].tolist()]
+    for worker in loader._dl._iterator._workers:
+        worker.kill()
+    with pytest.raises(RuntimeError, match="worker|timed out"):
+        for batch in it:  # batches already decoded may still arrive first
+            got.append(batch["index"].tolist())
+    got += [b["index"].tolist() for b in loader]  # fresh workers, from the first batch not handed out
+    assert got == want and loader.stream_starts == 2
+    loader.close()
+
+
 def test_ranks_shard_the_epoch(root):
     shards = [build_loader(root / "train.jsonl", num_workers=0, rank=r, world_size=2, **{**CLIP, "batch_size": 3})
               for r in range(2)]
