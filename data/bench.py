@@ -184,11 +184,12 @@ def measure_dali_gpu(items, keys, batches: int, repeats: int, threads: list[int]
     return rows
 
 
-def codec_of(path: str) -> str:
+def codec_of(path: str) -> tuple[str, str]:
+    """(video codec, the muxer's encoder tag) of a file: what the table says the files are."""
     import av
 
     with av.open(path) as c:
-        return c.streams.video[0].codec_context.name
+        return c.streams.video[0].codec_context.name, c.metadata.get("encoder", "no encoder tag")
 
 
 def _median(xs):
@@ -259,7 +260,7 @@ def run(videos: Path | None, batches: int, workers: list[int], backends: list[st
         if not csv.exists():
             csv = make_bench_videos(videos)
     items = _items(csv)
-    codec = codec_of(items[0].path)
+    codec, muxer = codec_of(items[0].path)
     clips = batches * SETTINGS["batch_size"]
     keys = loader_keys(items, clips)
     rows = []
@@ -276,7 +277,7 @@ def run(videos: Path | None, batches: int, workers: list[int], backends: list[st
     table = "\n".join(f"| {a} | {b} | {c} |" for a, b, c in rows)
     made = "made by ../shared/bench/make_videos.sh (ffmpeg)" if shutil.which("ffmpeg") else \
         "made by `data.benchvideos` with PyAV (no ffmpeg binary here: similar content, not byte-identical to make_videos.sh)"
-    source = made if tmp else f"{csv}"
+    source = made if tmp else f"`--videos {csv.parent}` (muxed by {muxer})"
     gpu = f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
     dali_note = ("DALI GPU rows: see the dali-gpu rows above." if "dali-gpu" in backends and gpu else
                  "DALI GPU (`device='mixed'`) rows need a GPU machine (`--backends decord dali-gpu` there): "

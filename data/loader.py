@@ -66,7 +66,8 @@ class _BatchStream(torch.utils.data.Sampler):
 
 class ClipLoader:
     """Iterable over batches (see module doc). Iterating finishes the current epoch, then advances to the next;
-    the workers' queue runs on across epochs (``_BatchStream``)."""
+    with ``run_on`` (training loaders with persistent workers) the workers' queue runs on across epochs
+    (``_BatchStream``)."""
 
     def __init__(self, dataset: VideoDataset, batch_size: int, shuffle: bool, drop_last: bool, seed: int,
                  rank: int, world_size: int, weights=None, num_workers: int = 2, pin_memory: bool = False,
