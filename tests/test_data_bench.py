@@ -33,3 +33,4 @@ def test_bench_runs_end_to_end(tmp_path):
     if not torch.cuda.is_available():
         assert "| dali-gpu | n/a |" in section
     assert "| pyav loader, 0 workers, normalised on this CPU |" in section
+

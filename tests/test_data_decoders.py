@@ -52,6 +52,21 @@ def test_decord_and_pyav_pixel_exact_on_h264(h264_gops):
         assert np.array_equal(a, b), idx
 
 
+def test_plain_pyav_ceiling_decodes_the_readers_frames(h264_gops):
+    """data.bench's bare-library ceiling (plain PyAV: seek, decode every frame) returns what PyAVReader
+    (NONREF skipping) does, so the two time the same result: across GOPs, backwards, with repeats."""
+    from types import SimpleNamespace
+
+    from data.bench import PyAVLibraryReader, check_library_frames
+
+    items = [SimpleNamespace(path=str(h264_gops))]
+    keys = [(0, list(range(0, 64, 4))), (0, [89, 85, 3, 3, 31]), (0, list(range(26, 90, 4)))]
+    check_library_frames(items, keys)
+    frames = PyAVLibraryReader(str(h264_gops)).get_frames(keys[1][1])
+    assert frames.shape == (5, 64, 128, 3) and np.array_equal(frames[2], frames[3])
+    assert not np.array_equal(frames[2], frames[4])  # different frames really differ
+
+
 def test_frames_are_the_requested_ones(h264_gops):
     # frame t of _moving is frame 0 rolled by 2t pixels; check order, not just equality between backends
     p = open_video(h264_gops, "pyav")
