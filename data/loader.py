@@ -194,7 +194,12 @@ class ClipLoader:
         for b in range(self.batches_consumed, len(self)):
             try:
                 batch = next(self._stream)
-            except BaseException:  # a worker error, a timeout, an interrupt: fresh workers at the position next time
+            except Exception as err:  # a dead worker, a timeout, a batch lost with its worker: say what and where
+                self.close()  # fresh workers at this position next time
+                raise RuntimeError(f"data loader worker failed at epoch {self.epoch}, batch {b} "
+                                   f"({type(err).__name__}: {err}); iterating again restarts the workers "
+                                   "there") from err
+            except BaseException:  # an interrupt: fresh workers at the position next time
                 self.close()
                 raise
             self._stream_next = self._position(self.epoch, b + 1)

@@ -134,8 +134,11 @@ def real_batches(args):
     loader = build_loader([str(Path(root) / "train.jsonl")], train=True, batch_size=args.batch,
                           frames_per_clip=args.frames, frame_step=1, size=args.size, num_workers=args.workers,
                           seed=0)
-    while True:
-        yield from loader
+    try:
+        while True:
+            yield from loader
+    finally:  # generator closed: stop the workers now, not at garbage collection
+        loader.close()
 
 
 def time_steps(method, gens, args, device, cached: bool = False, batches=None, peak_flops=None,
@@ -349,10 +352,12 @@ def main(argv=None) -> dict:
     peak = matmul_rate(device)
     if peak:
         print(f"dense bf16 matmul: {peak / 1e12:.0f} TFLOP/s", flush=True)
-    batches = real_batches(args) if args.data == "embedded" else None
     rows = {}
     for name in args.cases:
         torch.manual_seed(0)
+        # a fresh stream per case: every case steps through the same clips (a shared one would hand later
+        # cases later batches, and the traced steps shift them further)
+        batches = real_batches(args) if args.data == "embedded" else None
         kind, student, teacher = CASES[name]
         method, gens = build(kind, student, teacher, args)
         trace = args.trace / name.replace("/", "_") if args.trace else None
@@ -362,6 +367,8 @@ def main(argv=None) -> dict:
         mfu = f", MFU {100 * r['mfu']:.1f}%" if r["mfu"] is not None else ""
         print(f"{name}: {r['step']:.3f} s/step, {r['clips_per_s']:.1f} clips/s{mfu}", flush=True)
         del method
+        if batches is not None:
+            batches.close()
         if device.type == "cuda":
             torch.cuda.empty_cache()
     out = table(rows, args, device, peak)

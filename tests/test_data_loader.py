@@ -116,7 +116,8 @@ def test_a_dead_worker_restarts_the_stream_with_fresh_workers_at_its_position(ro
     got = [next(it)["index"].tolist()]
     for worker in loader._dl._iterator._workers:
         worker.kill()
-    with pytest.raises(RuntimeError, match="worker|timed out"):
+    # whatever way torch finds out (the worker's exit, a timeout, a batch whose shared memory died with it)
+    with pytest.raises(RuntimeError, match="data loader worker failed at epoch 0, batch"):
         for batch in it:  # batches already decoded may still arrive first
             got.append(batch["index"].tolist())
     got += [b["index"].tolist() for b in loader]  # fresh workers, from the first batch not handed out
@@ -218,7 +219,7 @@ def test_short_videos_skip_policy(root):
                                frames_per_clip=16, frame_step=2, short="skip", max_consecutive_failures=2)))
 
 
-def test_dali_batch_decode_equals_per_item_loading_and_falls_back_on_bad_files(tmp_path):
+def test_dali_batch_decode_equals_per_item_loading_and_falls_back_on_bad_files(tmp_path, monkeypatch):
     """DALI decodes a batch of clips from different files in one pipeline run; the samples equal the
     per-item path's bit for bit, and a bad file in the batch is found, skipped and replaced as usual."""
     import data.decoders
@@ -229,18 +230,16 @@ def test_dali_batch_decode_equals_per_item_loading_and_falls_back_on_bad_files(t
     src = root / json.loads(rows[0])["path"]
     bad.write_bytes(src.read_bytes()[: src.stat().st_size // 3])
     (root / "mixed.jsonl").write_text("\n".join(rows + [json.dumps({"path": str(bad), "labels": {"digit": 0}})]))
+    real = data.decoders.dali_decode
     for manifest, expect_skips in ((root / "train.jsonl", 0), (root / "mixed.jsonl", 1)):
         loader = build_loader(manifest, backend="dali", num_workers=0, **CLIP)
         ds, keys = loader.dataset, [k for batch in loader._batches(0) for k in batch]
         if expect_skips:
             keys = [k for k in keys if k[0] != len(rows)][:3] + [(len(rows), 0, 99)]  # the bad file last
         runs = []
-        real = data.decoders.dali_decode
-        data.decoders.dali_decode = lambda requests: runs.append(len(requests)) or real(requests)
-        try:
+        with monkeypatch.context() as m:  # count the pipeline runs of load_batch alone
+            m.setattr(data.decoders, "dali_decode", lambda requests: runs.append(len(requests)) or real(requests))
             batched = ds.load_batch(keys)
-        finally:
-            data.decoders.dali_decode = real
         single = [ds[k] for k in keys]
         if not expect_skips:
             assert runs == [len(keys)]  # one pipeline run for the whole batch
@@ -252,10 +251,8 @@ def test_dali_batch_decode_equals_per_item_loading_and_falls_back_on_bad_files(t
         assert all(s["video"][0].shape == (3, 4, 32, 32) for s in batched)
         if expect_skips:  # the bad file is remembered: later batches decode the good clips in one run again
             runs.clear()
-            data.decoders.dali_decode = lambda requests: runs.append(len(requests)) or real(requests)
-            try:
+            with monkeypatch.context() as m:
+                m.setattr(data.decoders, "dali_decode", lambda requests: runs.append(len(requests)) or real(requests))
                 again = ds.load_batch(keys)
-            finally:
-                data.decoders.dali_decode = real
             assert runs[0] == len(keys) - 1
             assert all(torch.equal(a["video"][0], b["video"][0]) for a, b in zip(again, single))

@@ -40,3 +40,15 @@ def test_write_replaces_only_its_section(tmp_path):
     assert "old" not in text and "new table" in text
     assert "## Data loader\n\nkeep me" in text and "## Performance\n\nmine" in text
     assert text.index("## Data loader") < text.index("## Train step") < text.index("## Performance")
+
+
+def test_each_case_gets_its_own_stream_of_the_same_real_clips(embedded_data):
+    """--data embedded: a fresh stream per case starts at the same batch (a shared one handed later cases
+    later clips); closing a stream stops its loader."""
+    args = SimpleNamespace(data_root=embedded_data, batch=2, frames=4, size=32, workers=0)
+    first, second = bench.real_batches(args), bench.real_batches(args)
+    a, b = next(first), next(second)
+    assert torch.equal(a["index"], b["index"]) and torch.equal(a["video"], b["video"])
+    assert not torch.equal(next(first)["index"], a["index"])  # the stream does move on
+    first.close()
+    second.close()

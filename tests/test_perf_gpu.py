@@ -109,7 +109,7 @@ def test_nvdec_frames_match_decord(tmp_path):
     assert (gpu.cpu().float() - cpu.float()).abs().mean() < 4
 
 
-def test_nvdec_loader_hands_the_trainer_gpu_batches_equal_to_decord(tmp_path):
+def test_nvdec_loader_hands_the_trainer_gpu_batches_equal_to_decord(tmp_path, monkeypatch):
     """backend=dali, device='mixed': each batch is decoded by NVDEC in one pipeline run, cropped, flipped and
     normalised on the GPU; the batch never visits host memory and matches the decord loader's batch."""
     pytest.importorskip("nvidia.dali")
@@ -122,12 +122,10 @@ def test_nvdec_loader_hands_the_trainer_gpu_batches_equal_to_decord(tmp_path):
     kw = dict(batch_size=4, size=64, frames_per_clip=8, frame_step=2, num_workers=0, seed=0)
     runs = []
     real = data.decoders.dali_decode
-    data.decoders.dali_decode = lambda requests: runs.append(len(requests)) or real(requests)
-    try:
+    with monkeypatch.context() as m:
+        m.setattr(data.decoders, "dali_decode", lambda requests: runs.append(len(requests)) or real(requests))
         gpu = next(iter(build_loader(root / "train.jsonl", backend="dali", device=CUDA,
                                      decoder_options={"device": "mixed", "device_id": 0}, **kw)))
-    finally:
-        data.decoders.dali_decode = real
     cpu = next(iter(build_loader(root / "train.jsonl", backend="decord", **kw)))
     assert runs == [4] and gpu["video"].is_cuda and gpu["video"].dtype == torch.float32
     assert torch.equal(gpu["index"], cpu["index"])
