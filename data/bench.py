@@ -6,9 +6,9 @@
 Settings are those of ``../shared/reference.md`` §8: 16 frames, step 4, 1 clip, random resized crop 224
 (scale (0.3, 1.0), ratio (0.75, 1.35)), flip, normalise, batch 8, on the 8 files of
 ``../shared/bench/make_videos.sh`` (made with PyAV by ``data.benchvideos`` when there is no ffmpeg).
-The ceiling decodes exactly the loader's frame indices with plain library code (``LIBRARY``), readers
-kept open, in a tight loop (1 process, and 2 processes in parallel); PyAV's loader is also held against
-our ``PyAVReader`` alone, which decodes fewer frames than plain PyAV code. Each loader row runs ``--repeats`` times, each time
+The ceiling decodes exactly the loader's frame indices with plain library code (``LIBRARY``),
+readers kept open, in a tight loop (1 process, and 2 processes in parallel); PyAV's loader is also held
+against our ``PyAVReader`` alone, which decodes fewer frames than plain PyAV code. Each loader row runs ``--repeats`` times, each time
 right after its ceiling, and reports medians: on a shared machine throughput drifts by 10-20% between
 minutes, and a ratio of two back-to-back runs cancels most of that. ``dali-gpu`` (needs CUDA): DALI NVDEC
 (``device='mixed'``), a batch of clips per pipeline run, frames decoded into GPU memory; its loader runs in the
@@ -34,7 +34,7 @@ import torch
 
 from data.benchvideos import make_bench_videos
 from data.clips import clip_indices
-from data.decoders import DALI_CPU_CODECS, open_video
+from data.decoders import DALI_CPU_CODECS, open_video, rgb_converter
 from data.loader import build_loader
 from data.manifest import read_manifest
 
@@ -104,9 +104,11 @@ def loader_keys(items, clips: int) -> list[tuple[int, list[int]]]:
 class PyAVLibraryReader:
     """PyAV's bare-library ceiling: what plain PyAV code does for a clip, with the file kept open -- seek to
     the keyframe at or before the clip's first frame, decode every frame up to its last, convert the wanted
-    ones to RGB. One decoder thread, as in a loader worker. Same frames as ``PyAVReader`` (checked by
-    :func:`run` and tests/test_data_bench.py); ``PyAVReader`` decodes fewer of them (it drops non-reference
-    frames it does not need)."""
+    ones to RGB. One decoder thread, as in a loader worker, and our reader's RGB conversion
+    (:func:`data.decoders.rgb_converter`), so the two differ only in what they decode. Same frames as ``PyAVReader`` (checked by
+    :func:`run` and tests/test_data_decoders.py); ``PyAVReader`` decodes fewer frames to get them: it drops
+    the non-reference frames it does not need, starts from the keyframe nearest each wanted frame, and goes
+    on without seeking when the decoder already sits before the next one."""
 
     def __init__(self, path: str):
         import av
@@ -115,6 +117,7 @@ class PyAVLibraryReader:
         self._stream = self._container.streams.video[0]
         self._stream.codec_context.thread_count = 1
         self._pts = sorted(p.pts for p in self._container.demux(self._stream) if p.pts is not None and p.size)
+        self._to_rgb = rgb_converter()
 
     def get_frames(self, indices) -> np.ndarray:
         wanted = {self._pts[i] for i in indices}
@@ -123,17 +126,21 @@ class PyAVLibraryReader:
         found = {}
         for frame in self._container.decode(self._stream):
             if frame.pts in wanted:
-                found[frame.pts] = frame.to_ndarray(format="rgb24")
+                found[frame.pts] = self._to_rgb(frame)
             if frame.pts is not None and frame.pts >= last:
                 break
         return np.stack([found[self._pts[i]] for i in indices])
 
 
 def check_library_frames(items, keys) -> None:
-    """The bare-library ceiling decodes the frames the loader's reader returns, pixel for pixel."""
+    """The bare-library ceiling decodes the frames the loader's reader returns, pixel for pixel (one reader
+    of each kind per file, kept open across the keys, as in the timed loops)."""
+    plain, ours = {}, {}
     for index, idx in keys:
         path = items[index].path
-        if not np.array_equal(PyAVLibraryReader(path).get_frames(idx), open_video(path, "pyav").get_frames(idx)):
+        if path not in plain:
+            plain[path], ours[path] = PyAVLibraryReader(path), open_video(path, "pyav")
+        if not np.array_equal(plain[path].get_frames(idx), ours[path].get_frames(idx)):
             raise AssertionError(f"plain PyAV and PyAVReader disagree on {path} frames {idx}")
 
 
@@ -239,8 +246,8 @@ def _median(xs):
     return float(np.median(xs))
 
 
-LIBRARY = {"decord": "decord", "pyav": "pyav-library"}  # the bare-library ceiling of each backend
-LIBRARY_NOTE = {"decord": "get_batch", "pyav": "seek to the keyframe, decode every frame"}
+LIBRARY = {"decord": "decord", "pyav": "pyav-library", "dali": "dali"}  # each backend's bare-library ceiling
+LIBRARY_NOTE = {"decord": "get_batch", "pyav": "seek to the keyframe, decode every frame", "dali": "fn.decoders.video"}
 
 
 def _loader_row(name: str, rates: list[float], ratios: list[float], ref: float | None, detail: str = "",
@@ -298,13 +305,14 @@ def measure_backend(items, backend: str, keys, workers: list[int], batches: int,
             detail=f" (per pair {_pairs(ratios[library])}){own}",
             tail=f"; {_median(cpus):.0f} CPU ms/clip (all work in-process)" if w == 0 else ""))
         if cpu_rates:
-            own = f"; {_median(cpu_ratios[backend]):.0%} of reader alone" if library != backend else ""
+            own = (f"; {_median(cpu_ratios[backend]):.0%} of {backend} reader alone (per pair "
+                   f"{_pairs(cpu_ratios[backend])})" if library != backend else "")
             loader_rows.append(_loader_row(f"{backend} loader, {w} workers, normalised on this CPU",
                                            cpu_rates, cpu_ratios[library], ref, detail=own))
     rows = []
     for (k, procs), rates in ceilings.items():
         if k == library:
-            name, note = f"{backend} bare library ({LIBRARY_NOTE.get(backend, 'alone')})", "decode ceiling"
+            name, note = f"{backend} bare library ({LIBRARY_NOTE[backend]})", "decode ceiling"
         else:
             name, note = f"{backend} reader alone", "our reader without the loader"
         if procs == 1:
@@ -339,8 +347,8 @@ def run(videos: Path | None, batches: int, workers: list[int], backends: list[st
         if backend == "dali" and codec not in DALI_CPU_CODECS:
             rows.append((backend, "n/a", f"DALI's CPU decoder cannot decode {codec} (see the dali-gpu rows)"))
             continue
-        if backend in LIBRARY and LIBRARY[backend] == "pyav-library":
-            check_library_frames(items, keys[:2])
+        if backend == "pyav":
+            check_library_frames(items, keys[:8])
         rows += measure_backend(items, backend, keys, workers, batches, repeats)
     load_after = os.getloadavg()[0]
     table = "\n".join(f"| {a} | {b} | {c} |" for a, b, c in rows)

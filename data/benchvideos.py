@@ -16,6 +16,8 @@ from pathlib import Path
 import av
 import numpy as np
 
+from data.decoders import pyav_reformatter
+
 SCRIPT = Path(__file__).resolve().parents[1].parent / "shared" / "bench" / "make_videos.sh"
 
 
@@ -59,10 +61,11 @@ def make_bench_videos(out: str | Path, seconds: int = 10, fps: int = 30, count: 
             stream = container.add_stream("libx264", rate=Fraction(fps, 1), options={})
             stream.width, stream.height, stream.pix_fmt = 320, 240, "yuv420p"
             stream.codec_context.thread_count = 1  # like the script's `-threads 1`
+            to_yuv = pyav_reformatter("yuv420p")
             for t in range(seconds * fps):
                 frame = av.VideoFrame.from_ndarray(_pattern(i, t), format="rgb24")
                 frame.pts = t
-                for packet in stream.encode(frame.reformat(format="yuv420p")):
+                for packet in stream.encode(to_yuv(frame)):
                     container.mux(packet)
             for packet in stream.encode():
                 container.mux(packet)

@@ -11,6 +11,7 @@ Backends
   nearest keyframe only, continues from the decoder's current position when that is closer, and lets
   FFmpeg drop non-reference frames that are not requested (``skip_frame=NONREF``) -- those are never
   needed to reconstruct other frames, so output stays pixel-exact while decoding far fewer frames.
+  YUV->RGB goes through one swscale context per reader on one thread (:func:`rgb_converter`).
 - ``dali``: ``nvidia.dali.fn.decoders.video`` on the in-memory file with ``frames=indices``.
   ``device='cpu'`` decodes VP8/VP9/MJPEG only (H.264/HEVC raise a clear ``unsupported_codec``);
   ``device='mixed'`` uses NVDEC on the GPU and returns frames on the GPU (not runnable on CPU-only hosts).
@@ -63,6 +64,26 @@ def _check_indices(path: str, indices, num_frames: int) -> list[int]:
     if bad:
         raise DecodeError(path, "too_short", f"frame {bad[0]} requested, video has {num_frames}")
     return idx
+
+
+def pyav_reformatter(format: str):
+    """``frame -> frame`` in pixel ``format``, on one thread, reusing one swscale context.
+
+    ``frame.reformat``/``frame.to_ndarray(format=...)`` build a new context for every new frame, and since
+    PyAV 17 that context starts a thread per CPU: YUV->RGB of a 320x240 frame took 0.5-0.65 ms here that
+    way against 0.06-0.1 ms this way, same pixels (a third of a 16-frame clip's decode time)."""
+    import av
+    from av.video.reformatter import VideoReformatter
+
+    reformatter = VideoReformatter()
+    threads = {"threads": 1} if int(av.__version__.split(".")[0]) >= 17 else {}  # no threaded swscale before 17
+    return lambda frame: reformatter.reformat(frame, format=format, **threads)
+
+
+def rgb_converter():
+    """``frame -> uint8 [H, W, 3]`` RGB for PyAV frames (see :func:`pyav_reformatter`)."""
+    to_rgb = pyav_reformatter("rgb24")
+    return lambda frame: to_rgb(frame).to_ndarray()
 
 
 def _check_output(path: str, frames: np.ndarray, n: int) -> np.ndarray:
@@ -140,6 +161,7 @@ class PyAVReader:
         self.height, self.width = stream.codec_context.height, stream.codec_context.width
         self._frames = None    # frame iterator positioned somewhere in the stream
         self._last_pts = None  # pts of the last frame it produced
+        self._to_rgb = rgb_converter()
 
     def _restart_at(self, pts: int) -> None:
         self._container.seek(pts, stream=self._stream, backward=True, any_frame=False)
@@ -176,7 +198,7 @@ class PyAVReader:
                         continue
                     self._last_pts = frame.pts
                     if frame.pts in self._wanted and frame.pts not in found:
-                        found[frame.pts] = frame.to_ndarray(format="rgb24")
+                        found[frame.pts] = self._to_rgb(frame)
                     if frame.pts > target and target not in found:
                         self._frames = None
                         raise DecodeError(self.path, "decode_error", f"frame with pts {target} missing (corrupt?)")

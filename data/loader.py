@@ -196,6 +196,8 @@ class ClipLoader:
                 batch = next(self._stream)
             except Exception as err:  # a dead worker, a timeout, a batch lost with its worker: say what and where
                 self.close()  # fresh workers at this position next time
+                if self._dl.num_workers == 0:
+                    raise  # no workers: the error is the dataset's or collate's own, as it is
                 raise RuntimeError(f"data loader worker failed at epoch {self.epoch}, batch {b} "
                                    f"({type(err).__name__}: {err}); iterating again restarts the workers "
                                    "there") from err

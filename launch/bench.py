@@ -361,14 +361,16 @@ def main(argv=None) -> dict:
         kind, student, teacher = CASES[name]
         method, gens = build(kind, student, teacher, args)
         trace = args.trace / name.replace("/", "_") if args.trace else None
-        rows[name] = time_steps(method, gens, args, device, cached=kind == "salt-cached", batches=batches,
-                                peak_flops=peak, trace=trace)
+        try:
+            rows[name] = time_steps(method, gens, args, device, cached=kind == "salt-cached", batches=batches,
+                                    peak_flops=peak, trace=trace)
+        finally:
+            if batches is not None:
+                batches.close()
         r = rows[name]
         mfu = f", MFU {100 * r['mfu']:.1f}%" if r["mfu"] is not None else ""
         print(f"{name}: {r['step']:.3f} s/step, {r['clips_per_s']:.1f} clips/s{mfu}", flush=True)
         del method
-        if batches is not None:
-            batches.close()
         if device.type == "cuda":
             torch.cuda.empty_cache()
     out = table(rows, args, device, peak)

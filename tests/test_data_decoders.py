@@ -52,6 +52,19 @@ def test_decord_and_pyav_pixel_exact_on_h264(h264_gops):
         assert np.array_equal(a, b), idx
 
 
+def test_reused_one_thread_rgb_conversion_equals_pyavs_own(h264_gops, vp9):
+    """The readers' YUV->RGB (one swscale context per reader, one thread) gives to_ndarray's pixels."""
+    from data.decoders import rgb_converter
+
+    for path in (h264_gops, vp9):
+        to_rgb = rgb_converter()
+        with av.open(str(path)) as c:
+            frames = list(c.decode(video=0))[:12]
+        ours = [to_rgb(f) for f in frames]
+        assert all(np.array_equal(a, f.to_ndarray(format="rgb24")) for a, f in zip(ours, frames))
+        assert ours[0].shape == (frames[0].height, frames[0].width, 3) and not np.array_equal(ours[0], ours[11])
+
+
 def test_plain_pyav_ceiling_decodes_the_readers_frames(h264_gops):
     """data.bench's bare-library ceiling (plain PyAV: seek, decode every frame) returns what PyAVReader
     (NONREF skipping) does, so the two time the same result: across GOPs, backwards, with repeats."""

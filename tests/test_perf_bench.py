@@ -43,8 +43,8 @@ def test_write_replaces_only_its_section(tmp_path):
 
 
 def test_each_case_gets_its_own_stream_of_the_same_real_clips(embedded_data):
-    """--data embedded: a fresh stream per case starts at the same batch (a shared one handed later cases
-    later clips); closing a stream stops its loader."""
+    """--data embedded: two streams start at the same batch, so main's fresh stream per case hands every case
+    the same clips (one shared stream handed later cases later clips)."""
     args = SimpleNamespace(data_root=embedded_data, batch=2, frames=4, size=32, workers=0)
     first, second = bench.real_batches(args), bench.real_batches(args)
     a, b = next(first), next(second)
