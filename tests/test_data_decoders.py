@@ -60,7 +60,7 @@ def test_reused_one_thread_rgb_conversion_equals_pyavs_own(h264_gops, vp9):
         to_rgb = rgb_converter()
         with av.open(str(path)) as c:
             frames = list(c.decode(video=0))[:12]
-        ours = [to_rgb(f) for f in frames]
+        ours = [to_rgb(f) for f in frames]  # all converted before any is compared: no buffer shared between calls
         assert all(np.array_equal(a, f.to_ndarray(format="rgb24")) for a, f in zip(ours, frames))
         assert ours[0].shape == (frames[0].height, frames[0].width, 3) and not np.array_equal(ours[0], ours[11])
 
