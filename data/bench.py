@@ -8,12 +8,12 @@ Settings are those of ``../shared/reference.md`` §8: 16 frames, step 4, 1 clip,
 ``../shared/bench/make_videos.sh`` (made with PyAV by ``data.benchvideos`` when there is no ffmpeg).
 The ceiling decodes exactly the loader's frame indices with plain library code (``LIBRARY``),
 readers kept open, in a tight loop (1 process, and 2 processes in parallel); PyAV's loader is also held
-against our ``PyAVReader`` alone, which decodes fewer frames than plain PyAV code. Each loader row runs ``--repeats`` times, each time
-right after its ceiling, and reports medians: on a shared machine throughput drifts by 10-20% between
-minutes, and a ratio of two back-to-back runs cancels most of that. ``dali-gpu`` (needs CUDA): DALI NVDEC
-(``device='mixed'``), a batch of clips per pipeline run, frames decoded into GPU memory; its loader runs in the
-training process (0 workers) and crops, flips and normalises on the GPU. Writes the ``## Data loader`` section
-of ``docs/benchmarks.md`` and prints it.
+against our ``PyAVReader`` alone, which decodes fewer frames than plain PyAV code. Each loader row runs
+``--repeats`` times, each time right after its ceiling, and reports medians: on a shared machine throughput
+drifts by 10-20% between minutes, and a ratio of two back-to-back runs cancels most of that.
+``dali-gpu`` (needs CUDA): DALI NVDEC (``device='mixed'``), a batch of clips per pipeline run, frames decoded
+into GPU memory; its loader runs in the training process (0 workers) and crops, flips and normalises on the
+GPU. Writes the ``## Data loader`` section of ``docs/benchmarks.md`` and prints it.
 """
 
 from __future__ import annotations
@@ -105,10 +105,10 @@ class PyAVLibraryReader:
     """PyAV's bare-library ceiling: what plain PyAV code does for a clip, with the file kept open -- seek to
     the keyframe at or before the clip's first frame, decode every frame up to its last, convert the wanted
     ones to RGB. One decoder thread, as in a loader worker, and our reader's RGB conversion
-    (:func:`data.decoders.rgb_converter`), so the two differ only in what they decode. Same frames as ``PyAVReader`` (checked by
-    :func:`run` and tests/test_data_decoders.py); ``PyAVReader`` decodes fewer frames to get them: it drops
-    the non-reference frames it does not need, starts from the keyframe nearest each wanted frame, and goes
-    on without seeking when the decoder already sits before the next one."""
+    (:func:`data.decoders.rgb_converter`), so the two differ only in what they decode. Same frames as
+    ``PyAVReader`` (checked by :func:`run` and tests/test_data_decoders.py); ``PyAVReader`` decodes fewer
+    frames to get them: it drops the non-reference frames it does not need, starts from the keyframe nearest
+    each wanted frame, and goes on without seeking when the decoder already sits before the next one."""
 
     def __init__(self, path: str):
         import av
@@ -246,8 +246,9 @@ def _median(xs):
     return float(np.median(xs))
 
 
-LIBRARY = {"decord": "decord", "pyav": "pyav-library", "dali": "dali"}  # each backend's bare-library ceiling
-LIBRARY_NOTE = {"decord": "get_batch", "pyav": "seek to the keyframe, decode every frame", "dali": "fn.decoders.video"}
+# each backend's bare-library ceiling: (the reader open_bare makes, what it does)
+LIBRARY = {"decord": ("decord", "get_batch"), "pyav": ("pyav-library", "seek to the keyframe, decode every frame"),
+           "dali": ("dali", "fn.decoders.video")}
 
 
 def _loader_row(name: str, rates: list[float], ratios: list[float], ref: float | None, detail: str = "",
@@ -270,7 +271,7 @@ def measure_backend(items, backend: str, keys, workers: list[int], batches: int,
     measured right before it (medians over ``repeats`` pairs). The goal's ceiling is the bare library's
     (``LIBRARY``); where our reader does less work than plain library code (pyav), the loader is also held
     against our reader alone, which shows what the loader itself costs."""
-    library = LIBRARY.get(backend, backend)
+    library, what = LIBRARY[backend]
     kinds = [library] + ([backend] if library != backend else [])  # the ceilings measured before each loader run
     ceilings = {(k, max(w, 1)): [] for k in kinds for w in workers}  # n workers are held against n processes
     cpu1 = {k: [] for k in kinds}
@@ -298,21 +299,22 @@ def measure_backend(items, backend: str, keys, workers: list[int], batches: int,
                 for k in kinds:
                     cpu_ratios[k].append(rate / ceiling[k])
         ref = REFERENCE.get(w)
-        own = (f"; {_median(ratios[backend]):.0%} of {backend} reader alone (per pair {_pairs(ratios[backend])})"
-               if library != backend else "")
+
+        def own(r: dict) -> str:  # the stricter ratio, where our reader is not the library's own
+            return (f"; {_median(r[backend]):.0%} of {backend} reader alone (per pair {_pairs(r[backend])})"
+                    if library != backend else "")
+
         loader_rows.append(_loader_row(
             f"{backend} loader, {w} workers", rates, ratios[library], ref,
-            detail=f" (per pair {_pairs(ratios[library])}){own}",
+            detail=f" (per pair {_pairs(ratios[library])}){own(ratios)}",
             tail=f"; {_median(cpus):.0f} CPU ms/clip (all work in-process)" if w == 0 else ""))
         if cpu_rates:
-            own = (f"; {_median(cpu_ratios[backend]):.0%} of {backend} reader alone (per pair "
-                   f"{_pairs(cpu_ratios[backend])})" if library != backend else "")
             loader_rows.append(_loader_row(f"{backend} loader, {w} workers, normalised on this CPU",
-                                           cpu_rates, cpu_ratios[library], ref, detail=own))
+                                           cpu_rates, cpu_ratios[library], ref, detail=own(cpu_ratios)))
     rows = []
     for (k, procs), rates in ceilings.items():
         if k == library:
-            name, note = f"{backend} bare library ({LIBRARY_NOTE[backend]})", "decode ceiling"
+            name, note = f"{backend} bare library ({what})", "decode ceiling"
         else:
             name, note = f"{backend} reader alone", "our reader without the loader"
         if procs == 1:

@@ -194,15 +194,13 @@ class ClipLoader:
         for b in range(self.batches_consumed, len(self)):
             try:
                 batch = next(self._stream)
-            except Exception as err:  # a dead worker, a timeout, a batch lost with its worker: say what and where
-                self.close()  # fresh workers at this position next time
-                if self._dl.num_workers == 0:
-                    raise  # no workers: the error is the dataset's or collate's own, as it is
-                raise RuntimeError(f"data loader worker failed at epoch {self.epoch}, batch {b} "
-                                   f"({type(err).__name__}: {err}); iterating again restarts the workers "
-                                   "there") from err
-            except BaseException:  # an interrupt: fresh workers at the position next time
+            except BaseException as err:  # fresh workers at this position next time
                 self.close()
+                if isinstance(err, Exception) and self._dl.num_workers > 0:  # not an interrupt, nor (0 workers)
+                    # the dataset's own error: a dead worker, a timeout, a batch lost with its worker
+                    raise RuntimeError(f"data loader worker failed at epoch {self.epoch}, batch {b} "
+                                       f"({type(err).__name__}: {err}); iterating again restarts the workers "
+                                       "there") from err
                 raise
             self._stream_next = self._position(self.epoch, b + 1)
             yield batch

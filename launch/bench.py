@@ -304,17 +304,11 @@ def table(rows: dict, args, device, peak_flops=None) -> str:
 
 
 def write_section(title: str, body: str, path: Path = DOCS) -> None:
-    """Replace (or append) the `## title` section of docs/benchmarks.md."""
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    head = f"## {title}"
-    start = text.find(head)
-    section = f"{head}\n\n{body}\n"
-    if start < 0:
-        text = text.rstrip() + "\n\n" + section
-    else:
-        end = text.find("\n## ", start + len(head))
-        text = text[:start] + section + (text[end + 1:] if end >= 0 else "")
-    path.write_text(text)
+    """Replace (or append) the `## title` section of docs/benchmarks.md (data.bench's writer: the heading
+    matched as a whole line, other sections left alone)."""
+    from data.bench import write_section as write
+
+    write(f"## {title}\n\n{body}\n", path)
 
 
 REFERENCE = ("Reference (V-JEPA 1 public code, tiny-video, same machine kind, 2026-11-29): 1.54 s/step with an EMA "
