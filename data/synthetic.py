@@ -20,6 +20,7 @@ import json
 import math
 import os
 import shutil
+import logging
 import tempfile
 from fractions import Fraction
 from pathlib import Path
@@ -29,13 +30,17 @@ import numpy as np
 
 from data.decoders import pyav_reformatter
 
+log = logging.getLogger(__name__)
+
 DIGIT_WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 DIRECTIONS_8 = ["right", "up-right", "up", "up-left", "left", "down-left", "down", "down-right"]
 SPEEDS = ["slowly", "steadily", "quickly"]
 # fraction of the free room the sprite crosses over the clip, per speed class
 SPEED_FRACTIONS = [0.3, 0.6, 0.95]
 CODECS = {"h264": ("libx264", ".mp4"), "vp9": ("libvpx-vp9", ".webm")}
-DEFAULTS = dict(num_videos=320, frames=16, size=64, seed=0, codec="h264", directions=4, val_fraction=0.2)
+# 1000 train clips (pretraining, and the probe's fit + held-out parts) and 600 val clips, so that one binomial
+# standard error of a probe accuracy is at most 2 points (100 sqrt(0.25 / 600) = 2.04)
+DEFAULTS = dict(num_videos=1600, frames=16, size=64, seed=0, codec="h264", directions=4, val_fraction=0.375)
 
 
 def direction_names(num_directions: int) -> list[str]:
@@ -160,20 +165,35 @@ def generate(out: str | Path, num_videos: int = 320, frames: int = 16, size: int
     return out
 
 
+def _complete(root: Path, params: dict) -> bool:
+    """The dataset under `root` is whole and was generated with `params`."""
+    if not ((root / "train.jsonl").exists() and (root / "val.jsonl").exists() and (root / "classes.json").exists()):
+        return False
+    made = json.loads((root / "classes.json").read_text()).get("params", {})
+    return all(made.get(k) == v for k, v in params.items())
+
+
 def ensure_synthetic(root: str | Path, **kw) -> Path:
-    """Return ``root`` holding the embedded dataset, generating it first if its manifests are missing.
+    """Return ``root`` holding the embedded dataset, generating it first if it is missing or was made with
+    other parameters (e.g. an older default).
 
     Safe when several ranks call it at once: one generates under a file lock into a temporary
     folder and moves the result into place; the others wait and then find it.
     """
     root = Path(root)
-    if (root / "train.jsonl").exists() and (root / "val.jsonl").exists():
+    params = {**DEFAULTS, **kw}
+    if _complete(root, params):
         return root
     root.parent.mkdir(parents=True, exist_ok=True)
     with open(root.parent / f".{root.name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if not ((root / "train.jsonl").exists() and (root / "val.jsonl").exists()):
-            params = {**DEFAULTS, **kw}
+        if not _complete(root, params):
+            if (root / "train.jsonl").exists():  # made with other parameters (an older default): replace it
+                log.warning("embedded dataset %s was generated with other parameters; regenerating it with %s",
+                            root, params)
+                for name in ("train.jsonl", "val.jsonl"):
+                    (root / name).unlink(missing_ok=True)
+                shutil.rmtree(root / "videos", ignore_errors=True)
             tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
             try:
                 generate(tmp, **params)

@@ -26,6 +26,7 @@ sys.path.insert(0, str(REPO))
 import launch.train  # noqa: E402,F401  (registers the config schema)
 from hydra import compose, initialize_config_dir  # noqa: E402
 
+from vjepa.eval.protocol import family_means  # noqa: E402
 from vjepa.train.build import build_method  # noqa: E402
 from vjepa.train.checkpoint import load_file, load_state_strict  # noqa: E402
 from vjepa.train.data import build_probe_loaders  # noqa: E402
@@ -158,7 +159,8 @@ def main(argv=None):
         cfg = compose_cfg(base_overrides(args) + RUNS[name] + args.extra + [f"run_dir={out / name}"])
         t0 = time.perf_counter()
         summary = run_experiment(cfg, out / name)
-        res = {"probe": summary["probe"].get("student", {}), "random_init": summary["probe"].get("random-init", {}),
+        res = {"probe": family_means(summary["probe"].get("student", {})),
+               "random_init": family_means(summary["probe"].get("random-init", {})),
                "final_loss": summary["stages"]["student"]["final_loss"],
                "train_seconds": summary["stages"]["student"]["wall_seconds"], "total_seconds": time.perf_counter() - t0}
         if name.startswith("tcjepa"):

@@ -48,5 +48,15 @@ def test_ensure_synthetic_generates_once(tmp_path):
     root = ensure_synthetic(tmp_path / "emb", num_videos=10)
     assert (root / "train.jsonl").exists() and (root / "val.jsonl").exists()
     stamp = (root / "train.jsonl").stat().st_mtime_ns
-    assert ensure_synthetic(tmp_path / "emb") == root
+    assert ensure_synthetic(tmp_path / "emb", num_videos=10) == root
     assert (root / "train.jsonl").stat().st_mtime_ns == stamp
+
+
+def test_ensure_synthetic_regenerates_a_dataset_made_with_other_parameters(tmp_path):
+    """An older default's dataset under the same root is replaced, not silently reused."""
+    root = ensure_synthetic(tmp_path / "emb", num_videos=10, frames=8)
+    assert len((root / "val.jsonl").read_text().splitlines()) == 4  # round(10 * 0.375)
+    ensure_synthetic(tmp_path / "emb", num_videos=12, frames=8)
+    rows = [line for m in ("train.jsonl", "val.jsonl") for line in (root / m).read_text().splitlines()]
+    assert len(rows) == 12 and len(list((root / "videos").glob("*.mp4"))) == 12
+    assert json.loads((root / "classes.json").read_text())["params"]["num_videos"] == 12

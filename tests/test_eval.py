@@ -262,15 +262,26 @@ def test_python_m_launch_eval(embedded_data, tmp_path):
     assert all((run / f"confusion_{n}.png").exists() for n in report["labels"])
 
 
-def test_training_pipeline_probe_uses_the_attentive_probe(embedded_data, tmp_path):
+def test_training_pipeline_probe_runs_the_protocol_with_baseline_rows(embedded_data, tmp_path):
     from test_train import make_cfg
-    from vjepa.train.experiment import probe_all
+    from vjepa.train.experiment import format_table, probe_all
 
-    cfg = make_cfg(embedded_data, tmp_path, "experiment.probe.epochs=2")
-    assert cfg.experiment.probe.kind == "attentive"
-    out = probe_all(cfg, {}, torch.device("cpu"))
-    assert list(out) == ["random-init"] and set(out["random-init"]) == {"digit", "direction", "speed"}
-    assert all(0.0 <= v <= 100.0 for v in out["random-init"].values())
+    cfg = make_cfg(embedded_data, tmp_path, "experiment.probe.epochs=2", "experiment.probe.seeds=2")
+    assert cfg.experiment.probe.families == ["linear", "knn", "attentive"]
+    info = {}
+    out = probe_all(cfg, {}, torch.device("cpu"), info)
+    assert list(out) == ["random-init", "raw-pixels"]
+    for row in out.values():
+        assert list(row) == ["linear", "knn", "attentive"]
+        for labels in row.values():
+            assert set(labels) == {"digit", "direction", "speed"}
+            for r in labels.values():
+                assert 0.0 <= r["mean"] <= 100.0 and len(r["seeds"]) == 2 and r["n_val"] > 0
+                assert r["binomial_se"] >= 0 and len(r["chosen"]) == 2
+    assert info["settings"]["seeds"] == 2 and info["settings"]["pixel_dim"] == 64  # the encoder's width
+    assert set(info["timing"]["raw-pixels"]) >= {"extract_s", "linear_s", "knn_s", "attentive_s"}
+    table = format_table({"run_dir": str(tmp_path), "stages": {}, "probe": out, "probe_settings": info["settings"]})
+    assert table.count("raw pixels") == 3 and "held-out 20% of train" in table
 
 
 def test_periodic_quick_probe_logs_and_leaves_training_untouched(embedded_data, tmp_path):

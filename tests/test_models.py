@@ -5,6 +5,8 @@ import pytest
 import torch
 
 from vjepa.models import PRESETS, normalized_pixel_targets, patchify, pixel_decoder, predictor, vit
+from vjepa.models.heads import pixel_targets
+from vjepa.models.layers import initialise
 from vjepa.models.pos import RoPE3D, sincos_3d
 
 # encoder parameter counts of the reference family (millions); gigantic is the released code's 1.60B
@@ -197,6 +199,30 @@ def test_reference_initialisation():
     # depth-rescaled residual projections: layer 4's fc2 is sqrt(8)/sqrt(2) = 2x smaller than layer 1's
     ratio = m.blocks[0].mlp.fc2.weight.std() / m.blocks[3].mlp.fc2.weight.std()
     assert ratio.item() == pytest.approx(2.0, rel=0.05)
+
+
+def test_xavier_initialisation_matches_the_formula_and_leaves_the_reference_alone():
+    torch.manual_seed(0)
+    ref = vit("tiny", img_size=32, num_frames=2, patch_size=8, depth=2)
+    before = {k: v.clone() for k, v in ref.state_dict().items()}
+    initialise(ref, "trunc_normal")
+    assert all(torch.equal(before[k], v) for k, v in ref.state_dict().items())
+    m = initialise(vit("tiny", img_size=32, num_frames=2, patch_size=8, depth=2), "xavier")
+    # xavier-uniform: std sqrt(2 / (fan_in + fan_out)); fc1 192 -> 768; the patch embedding 3*2*8*8 = 384 -> 192
+    assert m.blocks[1].mlp.fc1.weight.std().item() == pytest.approx(math.sqrt(2 / (192 + 768)), rel=0.05)
+    assert m.patch_embed.proj.weight.std().item() == pytest.approx(math.sqrt(2 / (384 + 192)), rel=0.05)
+    assert m.blocks[0].attn.qkv.bias.abs().max() == 0
+    with pytest.raises(ValueError, match="init scheme 'he'"):
+        initialise(m, "he")
+
+
+def test_raw_pixel_targets_are_the_patchified_input():
+    video = torch.randn(2, 3, 4, 16, 16)
+    raw = pixel_targets(video, 2, 8, "raw")
+    torch.testing.assert_close(raw, patchify(video, 2, 8).flatten(-2))
+    torch.testing.assert_close(pixel_targets(video, 2, 8, "patch_norm", 0.1), normalized_pixel_targets(video, 2, 8, 0.1))
+    with pytest.raises(ValueError, match="pixel target 'pca'"):
+        pixel_targets(video, 2, 8, "pca")
 
 
 def test_gradient_step_through_encoder_and_predictor_reduces_loss():

@@ -78,4 +78,4 @@ def test_tcjepa_trains_on_openclipart_images_and_captions(tmp_path):
                    "data.crop_size=64", "data.frames_per_clip=1", "experiment.probe.enabled=true")
     assert (cfg.data.frames_per_clip, cfg.model.tubelet_size, cfg.mask.kind) == (1, 1, "ijepa")
     summary = run_experiment(cfg, tmp_path / "run")
-    assert summary["complete"] and set(summary["probe"]["student"]) == {"category"}
+    assert summary["complete"] and set(summary["probe"]["student"]["attentive"]) == {"category"}

@@ -62,8 +62,9 @@ def test_vjepa_baseline_outputs_and_ema(embedded_data, tmp_path):
     cfg = make_cfg(embedded_data, tmp_path, "experiment=vjepa", "experiment.total_steps=4",
                    "experiment.stages.0.ema=[0.5,0.5]", "experiment.probe.enabled=true")
     summary = run_experiment(cfg, tmp_path)
-    assert set(summary["probe"]) == {"random-init", "student"}
-    assert set(summary["probe"]["student"]) == {"digit", "direction", "speed"}
+    assert set(summary["probe"]) == {"random-init", "raw-pixels", "student"}
+    for family in ("linear", "knn", "attentive"):
+        assert set(summary["probe"]["student"][family]) == {"digit", "direction", "speed"}
     on_disk = json.loads((tmp_path / "summary.json").read_text())
     assert on_disk["stages"]["student"]["steps"] == 4 and on_disk["stages"]["student"]["final_loss"] > 0
     for f in ("config.yaml", "loss.png", "student/metrics.csv", "student/final.pt", "student/checkpoints/latest.pt"):
@@ -115,6 +116,30 @@ def test_teacher_and_initialisation_from_other_checkpoint_formats(embedded_data,
     with pytest.raises(ValueError, match="stages\\[0\\].teacher"):
         schema.check(make_cfg(embedded_data, tmp_path / "x", *base, "experiment.stages.0.method=salt",
                               f"experiment.stages.0.teacher={tmp_path / 'missing.pt'}"))
+
+
+def test_default_salt_recipe_masks_targets_and_init_per_stage(embedded_data, tmp_path):
+    """The main job's teacher: VideoMAE tube masks at the stage's own ratio, xavier-initialised; a later
+    stage can start from an earlier stage's encoder by naming it (experiment.stages.N.init=teacher)."""
+    from vjepa.masks import MultiBlock3D, TubeMask
+    from vjepa.train.build import build_method
+
+    cfg = make_cfg(embedded_data, tmp_path, "experiment=salt", "experiment.total_steps=4",
+                   "experiment.stages.1.init=teacher", "optim.lr=0", "optim.start_lr=0", "optim.final_lr=0",
+                   "optim.weight_decay=0", "optim.final_weight_decay=0")
+    method, _, gens = build_method(cfg, cfg.experiment.stages[0])
+    assert [type(g) for g in gens] == [TubeMask] and gens[0].ratio == 0.75
+    assert method.targets == "patch_norm" and method.norm_eps == 0.1
+    fc1 = method.encoder.blocks[0].mlp.fc1.weight  # xavier: std sqrt(2 / (64 + 256)), not the reference 0.02
+    assert fc1.std().item() == pytest.approx((2 / (64 + 256)) ** 0.5, rel=0.05)
+    run_experiment(cfg, tmp_path)
+    teacher, student = final_state(tmp_path, "teacher")["encoder"], final_state(tmp_path, "student")["encoder"]
+    for key, value in teacher.items():  # lr 0: the student is still the teacher's encoder it started from
+        assert torch.equal(student[key], value), key
+    _, _, student_gens = build_method(cfg, cfg.experiment.stages[1], tmp_path / "teacher" / "final.pt")
+    assert [type(g) for g in student_gens] == [MultiBlock3D, MultiBlock3D]
+    with pytest.raises(ValueError, match="stages\\[1\\].init"):
+        schema.check(make_cfg(embedded_data, tmp_path / "x", "experiment=salt", "experiment.stages.1.init=nothing"))
 
 
 def test_nonfinite_loss_stops_with_a_clear_message_or_skips(embedded_data, tmp_path):

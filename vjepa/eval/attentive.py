@@ -52,25 +52,33 @@ class CrossAttention(nn.Module):
         self.kv = nn.Linear(dim, 2 * dim, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim) if out_proj else None  # V-JEPA 1 only
 
-    def forward(self, queries: torch.Tensor, x_hat: torch.Tensor, gamma: torch.Tensor | None = None,
-                beta: torch.Tensor | None = None) -> torch.Tensor:
-        """queries [B, Q, D]; x_hat [B, N, D] (tokens, normalised without affine); gamma, beta [D] or None."""
+    def token_queries(self, queries: torch.Tensor, gamma: torch.Tensor | None = None) -> torch.Tensor:
+        """queries [B, Q, D] -> u [B, heads, Q, D]: the attention logits over the tokens are u . x_hat."""
         b, nq, d = queries.shape
         h = self.num_heads
         q = self.q(queries).reshape(b, nq, h, d // h)
-        w_k, w_v = self.kv.weight.reshape(2, h, d // h, d).unbind(0)  # kv rows: [k | v], each head-major
+        w_k = self.kv.weight.reshape(2, h, d // h, d)[0]  # kv rows: [k | v], each head-major
         u = torch.einsum("bqhj,hjd->bhqd", q, w_k) * (d // h) ** -0.5  # queries in token space
-        if gamma is not None:
-            u = u * gamma
-        attn = torch.einsum("bhqd,bnd->bhqn", u, x_hat.to(u.dtype)).softmax(dim=-1)
-        pooled = torch.einsum("bhqn,bnd->bhqd", attn, x_hat.to(u.dtype))  # weights sum to 1: affine folds in
-        if gamma is not None:
+        return u * gamma if gamma is not None else u
+
+    def values(self, pooled: torch.Tensor, gamma: torch.Tensor | None = None,
+               beta: torch.Tensor | None = None) -> torch.Tensor:
+        """pooled [B, heads, Q, D] (attention-weighted means of x_hat) -> the attention output [B, Q, D]."""
+        b, h, nq, d = pooled.shape
+        if gamma is not None:  # the weights sum to 1: the norm's affine folds in after pooling
             pooled = pooled * gamma + beta
-        out = torch.einsum("bhqd,hjd->bqhj", pooled, w_v)
+        out = torch.einsum("bhqd,hjd->bqhj", pooled, self.kv.weight.reshape(2, h, d // h, d)[1])
         if self.kv.bias is not None:
             out = out + self.kv.bias.reshape(2, h, d // h)[1]
         out = out.reshape(b, nq, d)
         return self.proj(out) if self.proj is not None else out
+
+    def forward(self, queries: torch.Tensor, x_hat: torch.Tensor, gamma: torch.Tensor | None = None,
+                beta: torch.Tensor | None = None) -> torch.Tensor:
+        """queries [B, Q, D]; x_hat [B, N, D] (tokens, normalised without affine); gamma, beta [D] or None."""
+        u = self.token_queries(queries, gamma)
+        attn = torch.einsum("bhqd,bnd->bhqn", u, x_hat.to(u.dtype)).softmax(dim=-1)
+        return self.values(torch.einsum("bhqn,bnd->bhqd", attn, x_hat.to(u.dtype)), gamma, beta)
 
 
 class CrossAttentionBlock(nn.Module):
@@ -90,6 +98,34 @@ class CrossAttentionBlock(nn.Module):
             x_hat = normalize_tokens(x, self.norm1.eps)
         queries = queries + self.xattn(queries, x_hat, self.norm1.weight, self.norm1.bias)
         return queries + self.mlp(self.norm2(queries))
+
+
+def stacked_logits(heads, x_hat: torch.Tensor) -> list[torch.Tensor]:
+    """The logits [B, classes] of several single-block (depth 1, V-JEPA 2 order) classifiers on the same
+    normalised tokens x_hat [B, N, D], with the same numbers as calling each head: the heads' queries in token
+    space (`CrossAttention.token_queries`, the same for every clip) are stacked, so the attention over the N
+    tokens is two matrix products for all heads together instead of a small batched product per head."""
+    blocks = [h.pooler.cross_attention_block for h in heads]
+    us = [blk.xattn.token_queries(h.pooler.query_tokens, blk.norm1.weight) for h, blk in zip(heads, blocks)]
+    x_hat = x_hat.to(us[0].dtype)
+    b, d = x_hat.shape[0], x_hat.shape[-1]
+    attn = (x_hat @ torch.cat([u.reshape(-1, d) for u in us]).T).softmax(dim=1)  # [B, N, sum of heads x Q]
+    pooled = attn.transpose(1, 2) @ x_hat  # [B, sum of heads x Q, D]
+    logits, start = [], 0
+    for head, blk, u in zip(heads, blocks, us):
+        _, nh, nq, _ = u.shape
+        part = pooled[:, start:start + nh * nq].reshape(b, nh, nq, d)
+        start += nh * nq
+        queries = head.pooler.query_tokens + blk.xattn.values(part, blk.norm1.weight, blk.norm1.bias)
+        queries = queries + blk.mlp(blk.norm2(queries))
+        logits.append(head.linear(queries.mean(dim=1)))
+    return logits
+
+
+def stackable(head) -> bool:
+    """Whether `stacked_logits` computes this classifier (one cross-attention block in V-JEPA 2's order)."""
+    return (isinstance(head, AttentiveClassifier) and head.pooler.variant == "vjepa2" and not len(head.pooler.blocks)
+            and head.pooler.cross_attention_block.xattn.proj is None)
 
 
 def normalize_tokens(x: torch.Tensor, eps: float) -> torch.Tensor:

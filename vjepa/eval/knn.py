@@ -14,22 +14,31 @@ import torch.nn.functional as F
 log = logging.getLogger(__name__)
 
 
+def knn_predict(train_x, train_y, query_x, k: int = 20, temperature: float = 0.07) -> torch.Tensor:
+    """Predicted labels [Q] of a cosine-similarity k-NN with exp(sim / T)-weighted votes over the labelled
+    (label >= 0) training rows."""
+    tx = torch.as_tensor(np.asarray(train_x), dtype=torch.float32)
+    qx = torch.as_tensor(np.asarray(query_x), dtype=torch.float32)
+    ty = torch.as_tensor(np.asarray(train_y)).long()
+    tx, ty = tx[ty >= 0], ty[ty >= 0]
+    if len(tx) == 0:
+        raise ValueError("k-NN: no labelled training row")
+    k = min(k, len(tx))
+    sims = F.normalize(qx, dim=1) @ F.normalize(tx, dim=1).T  # [Q, T]
+    top, idx = sims.topk(k, dim=1)
+    votes = torch.zeros(len(qx), int(ty.max()) + 1).scatter_add_(1, ty[idx], (top / temperature).exp())
+    return votes.argmax(dim=1)
+
+
 def knn_top1(train_x, train_y, val_x, val_y, k: int = 20, temperature: float = 0.07) -> float:
     """Top-1 % of a cosine-similarity k-NN with exp(sim / T)-weighted votes (the DINO / I-JEPA recipe).
 
     Rows with a negative label (missing) are left out on both sides."""
-    tx, vx = torch.as_tensor(np.asarray(train_x), dtype=torch.float32), torch.as_tensor(np.asarray(val_x), dtype=torch.float32)
-    ty, vy = torch.as_tensor(np.asarray(train_y)).long(), torch.as_tensor(np.asarray(val_y)).long()
-    tx, ty = tx[ty >= 0], ty[ty >= 0]
+    vx, vy = torch.as_tensor(np.asarray(val_x), dtype=torch.float32), torch.as_tensor(np.asarray(val_y)).long()
     vx, vy = vx[vy >= 0], vy[vy >= 0]
-    if len(tx) == 0 or len(vx) == 0:
+    if not (torch.as_tensor(np.asarray(train_y)) >= 0).any() or len(vx) == 0:
         return float("nan")
-    num_classes = int(max(ty.max(), vy.max())) + 1
-    k = min(k, len(tx))
-    sims = F.normalize(vx, dim=1) @ F.normalize(tx, dim=1).T  # [V, T]
-    top, idx = sims.topk(k, dim=1)
-    votes = torch.zeros(len(vx), num_classes).scatter_add_(1, ty[idx], (top / temperature).exp())
-    return float((votes.argmax(dim=1) == vy).float().mean() * 100)
+    return float((knn_predict(train_x, train_y, vx, k, temperature) == vy).float().mean() * 100)
 
 
 def quick_probe(encoder, train_loader, val_loader, device, k: int = 20, linear: bool = True) -> dict[str, float]:

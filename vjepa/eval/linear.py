@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 
@@ -26,13 +27,17 @@ def extract_features(encoder: torch.nn.Module, loader, device: torch.device) -> 
     return torch.cat(feats).numpy(), {k: torch.cat(v).numpy() for k, v in labels.items()}
 
 
+def fit_linear(train_x: np.ndarray, train_y: np.ndarray, c: float = 1.0, max_iter: int = 2000):
+    """A standardised multinomial logistic regression fitted on (train_x, train_y): a fitted sklearn pipeline
+    (`.predict(x)` -> labels)."""
+    return make_pipeline(StandardScaler(), LogisticRegression(max_iter=max_iter, C=c)).fit(train_x, train_y)
+
+
 def linear_probe(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray, val_y: np.ndarray,
                  max_iter: int = 2000, c: float = 1.0) -> float:
     """Top-1 accuracy (%) of a standardised multinomial logistic regression."""
-    scaler = StandardScaler().fit(train_x)
-    clf = LogisticRegression(max_iter=max_iter, C=c)
-    clf.fit(scaler.transform(train_x), train_y)
-    return float((clf.predict(scaler.transform(val_x)) == val_y).mean() * 100.0)
+    clf = fit_linear(train_x, train_y, c, max_iter)
+    return float((clf.predict(val_x) == val_y).mean() * 100.0)
 
 
 def probe_encoder(encoder, train_loader, val_loader, device) -> dict[str, float]:

@@ -11,7 +11,9 @@
   `cache="none"` re-extracts every epoch (only to measure what the cache saves).
 - Reported per head: top-1 / top-5 on the validation set; for the best head (by top-1, as the reference
   reports the maximum over heads -- an optimistic choice made on the validation set): per-class accuracy and
-  the confusion matrix.
+  the confusion matrix. `vjepa.eval.protocol` trains the same grid (`train_heads`) on part of the train set and
+  chooses heads on the rest instead, over several seeds.
+- Depth-1 heads attend over the tokens together (`attentive.stacked_logits`): same numbers, fewer small ops.
 """
 from __future__ import annotations
 
@@ -28,7 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from vjepa.eval.attentive import AttentiveClassifier, normalize_tokens
+from vjepa.eval.attentive import AttentiveClassifier, normalize_tokens, stackable, stacked_logits
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +124,16 @@ class FeatureStore:
             self.labels.setdefault(name, torch.full((self.num_items,), -1, dtype=torch.long))[idx] = torch.as_tensor(y)
         self.filled[idx] = True
 
+    @classmethod
+    def of(cls, feats: torch.Tensor, labels: dict, rows: torch.Tensor | None = None) -> "FeatureStore":
+        """A memory store over ready features [N, V, L, D] (not copied) and labels {name: [N]}; only `rows`
+        (default: all) are read by `indices()` / `cached_batches`."""
+        store = cls(len(feats), "memory")
+        store.data = feats
+        store.labels = {n: torch.as_tensor(y).long() for n, y in labels.items()}
+        store.filled[torch.arange(len(feats)) if rows is None else torch.as_tensor(rows, dtype=torch.long)] = True
+        return store
+
     def read(self, idx: torch.Tensor) -> torch.Tensor:
         if self.kind == "disk":
             return torch.from_numpy(np.ascontiguousarray(self.data[idx.numpy()])).float()
@@ -135,7 +147,8 @@ def extract(encoder, loader, settings: ProbeSettings, device: torch.device, num_
             path: Path | None = None) -> FeatureStore:
     """Run the frozen encoder once over a loader; rows are placed by the batch's dataset `index`."""
     encoder.eval()
-    store = FeatureStore(len(loader.dataset), kind, path, settings.cache_dtype)
+    num_items = getattr(loader, "num_items", None) or len(loader.dataset)  # a ClipSet, or a loader
+    store = FeatureStore(num_items, kind, path, settings.cache_dtype)
     for batch in loader:
         feats = encode_views(encoder, batch["video"], settings.num_segments, num_views,
                              settings.attend_across_segments, device)
@@ -167,8 +180,20 @@ class HeadGrid(torch.nn.Module):
                 no_decay = [p for n, p in head.named_parameters() if p.ndim <= 1 or "query_tokens" in n]
                 groups += [{"params": decay, "weight_decay": wd, "base_lr": lr},
                            {"params": no_decay, "weight_decay": 0.0, "base_lr": lr}]
-        self.optimizer = torch.optim.AdamW(groups, lr=settings.lrs[0], foreach=True)
+        try:  # the fused kernel: one call per group instead of a dozen small ops (CPU: torch >= 2.4)
+            self.optimizer = torch.optim.AdamW(groups, lr=settings.lrs[0], fused=True)
+        except (RuntimeError, ValueError):
+            self.optimizer = torch.optim.AdamW(groups, lr=settings.lrs[0], foreach=True)
         self.eps = next(iter(self.heads.values()))[0].pooler.cross_attention_block.norm1.eps
+        # depth-1 heads attend over the tokens together (attentive.stacked_logits); deeper ones one by one
+        self.stacked = all(stackable(h) for name in self.labels for h in self.heads[name])
+
+    def logits(self, x: torch.Tensor, x_hat: torch.Tensor) -> dict[str, list[torch.Tensor]]:
+        """x [B, L, D] and its shared normalisation x_hat -> {label: [logits [B, classes] of every head]}."""
+        if not self.stacked:
+            return {name: [head(x, x_hat) for head in self.heads[name]] for name in self.labels}
+        flat = iter(stacked_logits([h for name in self.labels for h in self.heads[name]], x_hat))
+        return {name: [next(flat) for _ in self.heads[name]] for name in self.labels}
 
     def lr_factor(self) -> float:
         t = self.step_count / self.total_steps
@@ -189,12 +214,13 @@ class HeadGrid(torch.nn.Module):
         loss = feats.new_zeros(())
         with _autocast(feats.device):
             x_hat = normalize_tokens(x, self.eps)  # shared by every head (see attentive.CrossAttention)
+            logits = self.logits(x, x_hat)
             for name in self.labels:
                 y = labels[name].to(feats.device).repeat_interleave(views)
                 if not (y >= 0).any():
                     continue
-                for head in self.heads[name]:
-                    loss = loss + F.cross_entropy(head(x, x_hat).float(), y, ignore_index=-1)
+                for out in logits[name]:
+                    loss = loss + F.cross_entropy(out.float(), y, ignore_index=-1)
         self.step_count += 1
         if not loss.requires_grad:  # no labelled item in this batch
             return float("nan")
@@ -207,17 +233,22 @@ class HeadGrid(torch.nn.Module):
     def predict(self, feats: torch.Tensor) -> dict[str, torch.Tensor]:
         """{label: probabilities [num_heads, B, C]} averaged over the views."""
         self.eval()
+        b, v = feats.shape[:2]
         with _autocast(feats.device):
-            x_hat = normalize_tokens(feats.flatten(0, 1), self.eps).unflatten(0, feats.shape[:2])
-            return {name: torch.stack([predict_views(h, feats, x_hat) for h in self.heads[name]])
-                    for name in self.labels}
+            x = feats.flatten(0, 1)
+            logits = self.logits(x, normalize_tokens(x, self.eps))
+            return {name: torch.stack([mean_view_probs(out, b, v) for out in logits[name]]) for name in self.labels}
+
+
+def mean_view_probs(logits: torch.Tensor, b: int, v: int) -> torch.Tensor:
+    """logits [B * V, C] (view-minor) -> the mean over the V views of their softmax: [B, C]."""
+    return F.softmax(logits.float(), dim=-1).unflatten(0, (b, v)).mean(dim=1)
 
 
 def predict_views(head: torch.nn.Module, feats: torch.Tensor, x_hat: torch.Tensor | None = None) -> torch.Tensor:
     """feats [B, V, L, D] -> the mean over the V views of softmax(head(view)): [B, C]."""
     b, v = feats.shape[:2]
-    logits = head(feats.flatten(0, 1), None if x_hat is None else x_hat.flatten(0, 1))
-    return F.softmax(logits.float(), dim=-1).unflatten(0, (b, v)).mean(dim=1)
+    return mean_view_probs(head(feats.flatten(0, 1), None if x_hat is None else x_hat.flatten(0, 1)), b, v)
 
 
 # ---- the protocol -----------------------------------------------------------------------------------------------
@@ -281,10 +312,10 @@ def head_threads(settings: ProbeSettings, device: torch.device):
         torch.set_num_threads(before)
 
 
-def fit_probe(epoch_batches, steps_per_epoch: int, val_batches, embed_dim: int, num_classes: dict[str, int],
-              settings: ProbeSettings, device: torch.device, timing: dict | None = None) -> dict:
-    """Train a head grid for `settings.epochs` epochs of `epoch_batches(epoch)` (an iterable of (features
-    [B, V, L, D], {label: [B]})), then evaluate it once on `val_batches()` (same form, V views averaged)."""
+def train_heads(epoch_batches, steps_per_epoch: int, embed_dim: int, num_classes: dict[str, int],
+                settings: ProbeSettings, device: torch.device, timing: dict | None = None) -> tuple[HeadGrid, list]:
+    """Train a head grid (seeded by `settings.seed`) for `settings.epochs` epochs of `epoch_batches(epoch)` (an
+    iterable of (features [B, V, L, D], {label: [B]})). Returns (the grid, the mean head loss of every epoch)."""
     timing = timing if timing is not None else {}
     timing.setdefault("heads_s", 0.0)
     torch.manual_seed(settings.seed)
@@ -300,10 +331,17 @@ def fit_probe(epoch_batches, steps_per_epoch: int, val_batches, embed_dim: int, 
             timing["heads_s"] += time.perf_counter() - t
         losses.append(float(np.nanmean(epoch_losses)) if epoch_losses else float("nan"))
         log.info("probe epoch %d/%d: mean head loss %.4f", epoch + 1, settings.epochs, losses[-1])
+    return grid, losses
 
-    # the validation set is seen once, at the end: its features are never stored
+
+def predict_heads(grid: HeadGrid, batches, num_classes: dict[str, int], settings: ProbeSettings,
+                  device: torch.device, timing: dict | None = None) -> tuple[dict, dict]:
+    """Every head of the grid on `batches` (an iterable of (features [B, V, L, D], {label: [B]}); V views
+    averaged): ({label: probabilities [num_heads, N, C]}, {label: targets [N]})."""
+    timing = timing if timing is not None else {}
+    timing.setdefault("heads_s", 0.0)
     probs, targets = {n: [] for n in num_classes}, {n: [] for n in num_classes}
-    for feats, labels in val_batches():
+    for feats, labels in batches:
         t = time.perf_counter()
         with head_threads(settings, device):
             out = grid.predict(feats.to(device))
@@ -311,9 +349,19 @@ def fit_probe(epoch_batches, steps_per_epoch: int, val_batches, embed_dim: int, 
             probs[n].append(out[n].float().cpu())
             targets[n].append(y)
         timing["heads_s"] += time.perf_counter() - t
-    results = {n: summarise(torch.cat(probs[n], dim=1), torch.cat(targets[n]), settings.grid) for n in num_classes}
+    return ({n: torch.cat(p, dim=1) for n, p in probs.items()}, {n: torch.cat(y) for n, y in targets.items()})
+
+
+def fit_probe(epoch_batches, steps_per_epoch: int, val_batches, embed_dim: int, num_classes: dict[str, int],
+              settings: ProbeSettings, device: torch.device, timing: dict | None = None) -> dict:
+    """Train a head grid (`train_heads`), then evaluate every head once on `val_batches()` (`predict_heads`)."""
+    timing = timing if timing is not None else {}
+    grid, losses = train_heads(epoch_batches, steps_per_epoch, embed_dim, num_classes, settings, device, timing)
+    # the validation set is seen once, at the end: its features are never stored
+    probs, targets = predict_heads(grid, val_batches(), num_classes, settings, device, timing)
+    results = {n: summarise(probs[n], targets[n], settings.grid) for n in num_classes}
     return {"labels": results, "timing": timing, "epoch_losses": losses, "settings": asdict(settings),
-            "num_val": sum(len(y) for y in next(iter(targets.values()))), "heads": grid}
+            "num_val": len(next(iter(targets.values()))), "heads": grid}
 
 
 def _labels_for(labels: dict, num_classes: dict[str, int], n: int) -> dict[str, torch.Tensor]:

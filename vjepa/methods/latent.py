@@ -13,7 +13,7 @@ import copy
 import torch
 import torch.nn.functional as F
 
-from vjepa.methods.base import Method, layer_norm_targets
+from vjepa.methods.base import Method, layer_norm_targets, trivial_losses
 from vjepa.models import gather_tokens
 from vjepa.train.optim import momentum_at
 
@@ -82,7 +82,7 @@ class LatentPrediction(Method):
             pred = self.predictor(z, mask.context, mask.target, grid, mask_index=i)
             losses.append(self._distance(pred.float(), gather_tokens(targets, mask.target)))
         loss = torch.stack(losses).mean()
-        return loss, {"loss": loss.detach()}
+        return loss, {"loss": loss.detach(), **trivial_losses(targets, [m.target for m in masks], self._distance)}
 
     @torch.no_grad()
     def after_step(self, step, total_steps):

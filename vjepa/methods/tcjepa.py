@@ -15,6 +15,7 @@ import logging
 import torch
 import torch.nn as nn
 
+from vjepa.methods.base import trivial_losses
 from vjepa.methods.latent import LatentPrediction
 from vjepa.models import gather_tokens
 from vjepa.models.text import TextCondition, TextConditioner, TextEncoder, TextProjection, sparsity_consistency
@@ -97,6 +98,8 @@ class TextConditionedPrediction(LatentPrediction):
         metrics = {"loss": loss.detach(), "predict": l_pred.detach(), "sparse": l_sparse.detach(),
                    "consistency": l_cons.detach(), "uncaptioned": torch.tensor(float((~has_text).sum()))}
         self._last = metrics
+        # baselines of the prediction term ("predict"), which the trainer compares them with
+        metrics = {**metrics, **trivial_losses(targets, [m.target for m in masks], self._distance)}
         return loss, metrics
 
     @torch.no_grad()

@@ -41,3 +41,18 @@ def normalized_pixel_targets(video: torch.Tensor, tubelet_size: int, patch_size:
     x = patchify(video.float(), tubelet_size, patch_size)
     x = (x - x.mean(dim=-2, keepdim=True)) / (x.var(dim=-2, unbiased=True, keepdim=True) + eps).sqrt()
     return x.flatten(-2)
+
+
+PIXEL_TARGETS = ("patch_norm", "raw")
+
+
+def pixel_targets(video: torch.Tensor, tubelet_size: int, patch_size: int, kind: str = "patch_norm",
+                  eps: float = 1e-6) -> torch.Tensor:
+    """What a pixel decoder predicts per tubelet [B, N, tubelet*patch*patch*C]: "patch_norm" (VideoMAE: each
+    tubelet normalised by its own mean and std, `normalized_pixel_targets`) or "raw" (the input pixels as the
+    loader normalised them, globally)."""
+    if kind == "patch_norm":
+        return normalized_pixel_targets(video, tubelet_size, patch_size, eps)
+    if kind == "raw":
+        return patchify(video.float(), tubelet_size, patch_size).flatten(-2)
+    raise ValueError(f"pixel target {kind!r} is not one of {list(PIXEL_TARGETS)}")

@@ -65,6 +65,30 @@ def init_weights(module: nn.Module) -> None:
         nn.init.zeros_(module.bias)
 
 
+INIT_SCHEMES = ("trunc_normal", "xavier")
+
+
+def initialise(module: nn.Module, scheme: str = "trunc_normal") -> nn.Module:
+    """Re-initialise a freshly built model's Linear / Conv weights by `scheme`; returns the module.
+
+    - "trunc_normal": the reference V-JEPA init the models are built with (std 0.02, residual branches
+      rescaled by depth); nothing to do.
+    - "xavier": MAE's init, xavier-uniform Linear weights and the patch embedding as one Linear, zero biases.
+      For narrow models (width ~100-200) std 0.02 is 3-4x smaller than xavier's sqrt(2 / (fan_in + fan_out)):
+      every layer then passes its input's content on attenuated under the 3-D position table, and a pixel
+      decoder took many more steps to move off the per-position mean (docs/benchmarks.md, "Evidence of learning").
+    """
+    if scheme not in INIT_SCHEMES:
+        raise ValueError(f"init scheme {scheme!r} is not one of {list(INIT_SCHEMES)}")
+    if scheme == "xavier":
+        for m in module.modules():
+            if isinstance(m, (nn.Linear, nn.Conv2d, nn.Conv3d)):
+                nn.init.xavier_uniform_(m.weight.view(m.weight.shape[0], -1))
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+    return module
+
+
 def rescale_blocks(blocks: nn.ModuleList) -> None:
     """Divide each residual branch's output projection by sqrt(2 * layer_id) (layer_id from 1)."""
     for layer_id, block in enumerate(blocks, start=1):

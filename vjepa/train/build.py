@@ -8,6 +8,7 @@ from vjepa.masks import build_masks
 from vjepa.methods import LatentPrediction, Method, PixelReconstruction
 from vjepa.models import Predictor, VisionTransformer, vit
 from vjepa.models.heads import pixels_per_token
+from vjepa.models.layers import initialise
 from vjepa.train.checkpoint import CheckpointError
 
 
@@ -21,9 +22,14 @@ def encoder_kwargs(cfg, size: str | None = None) -> dict:
     return kw
 
 
-def build_encoder(kwargs: dict) -> VisionTransformer:
+def build_encoder(kwargs: dict, init: str = "trunc_normal") -> VisionTransformer:
+    """A fresh encoder; `init` is the weight scheme (model.init, vjepa.models.layers.initialise)."""
     kwargs = dict(kwargs)
-    return vit(kwargs.pop("size"), **kwargs)
+    return initialise(vit(kwargs.pop("size"), **kwargs), init)
+
+
+def init_scheme(cfg) -> str:
+    return cfg.model.get("init", "trunc_normal") if hasattr(cfg.model, "get") else cfg.model.init
 
 
 def head_kwargs(head_cfg, encoder: VisionTransformer, out_dim: int | None, num_mask_tokens: int) -> dict:
@@ -34,7 +40,8 @@ def head_kwargs(head_cfg, encoder: VisionTransformer, out_dim: int | None, num_m
 
 def mask_generators(cfg, stage, encoder: VisionTransformer) -> list:
     kind = stage.mask or cfg.mask.kind
-    kwargs = {"ratio": cfg.mask.ratio} if kind == "tube" else {}
+    ratio = stage.get("mask_ratio") if hasattr(stage, "get") else getattr(stage, "mask_ratio", None)
+    kwargs = {"ratio": cfg.mask.ratio if ratio is None else ratio} if kind == "tube" else {}
     return build_masks(kind, encoder.grid, **kwargs)
 
 
@@ -49,20 +56,25 @@ def load_teacher(path: str | Path) -> VisionTransformer:
     return load_pretrained(path, predictor=False).encoder
 
 
-def build_method(cfg, stage, teacher_file: str | Path | None = None) -> tuple[Method, dict, list]:
-    """Returns the method, the configs of the models it saves, and its mask generators."""
+def build_method(cfg, stage, teacher_file: str | Path | None = None, init_file: str | Path | None = None
+                 ) -> tuple[Method, dict, list]:
+    """Returns the method, the configs of the models it saves, and its mask generators. `init_file`: the
+    checkpoint `stage.init` names (the experiment runner resolves an earlier stage's name to its final.pt)."""
     enc_kw = encoder_kwargs(cfg, stage.size)
-    encoder = build_encoder(enc_kw)
-    if stage.init:
+    init = init_scheme(cfg)
+    encoder = build_encoder(enc_kw, init)
+    init_file = init_file or stage.init
+    if init_file:
         from vjepa.interop import load_into
 
-        load_into(encoder, stage.init)  # checks the architecture, then the keys, strictly
+        load_into(encoder, init_file)  # checks the architecture, then the keys, strictly
     generators = mask_generators(cfg, stage, encoder)
     configs = {"encoder": enc_kw}
     if stage.method == "pixel":
         dec_kw = head_kwargs(cfg.decoder, encoder, pixels_per_token(encoder), len(generators))
         configs["decoder"] = dec_kw
-        return PixelReconstruction(encoder, Predictor(**dec_kw), stage.pixel_norm_eps), configs, generators
+        decoder = initialise(Predictor(**dec_kw), init)
+        return PixelReconstruction(encoder, decoder, stage.pixel_norm_eps, stage.pixel_targets), configs, generators
     if stage.method == "contrastive":  # TC-JEPA's CLIP-style baseline: same encoder, same text model, no masks
         from vjepa.methods.contrastive import ContrastiveImageText
         from vjepa.models.text import TextEncoder
@@ -91,9 +103,9 @@ def build_method(cfg, stage, teacher_file: str | Path | None = None) -> tuple[Me
 
         text = cfg.text
         method = TextConditionedPrediction(
-            encoder, Predictor(**pred_kw), TextEncoder(text.model, max_tokens=text.max_tokens), teacher=teacher,
+            encoder, initialise(Predictor(**pred_kw), init), TextEncoder(text.model, max_tokens=text.max_tokens), teacher=teacher,
             ema=stage.ema, loss=stage.loss, max_captions=text.max_captions, sparsity=text.sparsity,
             consistency=text.consistency, center_keys=text.center_keys)
         return method, configs, generators
-    method = LatentPrediction(encoder, Predictor(**pred_kw), teacher=teacher, ema=stage.ema, loss=stage.loss)
+    method = LatentPrediction(encoder, initialise(Predictor(**pred_kw), init), teacher=teacher, ema=stage.ema, loss=stage.loss)
     return method, configs, generators

@@ -14,6 +14,7 @@ class ModelConfig:
     tubelet_size: int = 2
     pos_embed: str = "sincos"  # sincos (V-JEPA 1) | rope (V-JEPA 2)
     uniform_power: bool = True
+    init: str = "trunc_normal"  # trunc_normal (V-JEPA reference) | xavier (MAE; vjepa/models/layers.py initialise)
     rope_variant: str = "rotary"
     drop_path_rate: float = 0.0
     grad_checkpointing: bool = False
@@ -75,20 +76,23 @@ class StageConfig:
     fraction: float = 1.0  # of experiment.total_steps
     size: Optional[str] = None  # override model.size for this stage (e.g. a smaller teacher)
     teacher: Optional[str] = None  # salt: an earlier stage's name, or a checkpoint (ours, official V-JEPA 1/2, HF folder)
-    init: Optional[str] = None  # initialise the student encoder from a checkpoint (any format vjepa.interop reads)
+    init: Optional[str] = None  # initialise the encoder from an earlier stage's name or a checkpoint (any format vjepa.interop reads)
     mask: Optional[str] = None  # override mask.kind for this stage
+    mask_ratio: Optional[float] = None  # override mask.ratio (tube masks) for this stage
     loss: str = "l1"
     ema: List[float] = field(default_factory=lambda: [0.998, 1.0])
     # pixel: eps of the per-tubelet target normalisation (x - mean) / sqrt(var + eps). VideoMAE's 1e-6 turns
     # flat patches (a plain background) into unit-variance codec noise, which no model can predict.
     pixel_norm_eps: float = 1e-6
+    # pixel: patch_norm (VideoMAE's per-tubelet normalised pixels) | raw (the loader's normalised pixels)
+    pixel_targets: str = "patch_norm"
 
 
 @dataclass
 class ProbeConfig:
     """The final probe of every stage's encoder (vjepa/eval) and the periodic quick probe during training."""
     enabled: bool = True
-    kind: str = "attentive"  # attentive (head grid on cached tokens) | linear (logistic regression, mean-pooled)
+    kind: str = "attentive"  # deprecated (see families): kind=linear still means families=[linear]
     epochs: int = 15
     depth: int = 1  # attentive: (depth - 1) self-attention blocks + the cross-attention block
     num_heads: Optional[int] = None  # attentive: the probe's attention heads (None: the encoder's)
@@ -98,6 +102,13 @@ class ProbeConfig:
     every: int = 0  # quick k-NN + linear probe every this many steps, into quick_probe.csv / TensorBoard (0: off)
     knn_k: int = 20
     quick_linear: bool = True  # the quick probe also fits the linear probe (k-NN alone is cheaper)
+    # the final probe's protocol (vjepa/eval/protocol.py, docs/eval.md): every family on features extracted once
+    families: List[str] = field(default_factory=lambda: ["linear", "knn", "attentive"])  # linear | knn | attentive
+    seeds: int = 3  # probe seeds (fit/held-out split, shuffle order, head init): mean ± standard error over them
+    heldout_fraction: float = 0.2  # of train: every head is fit on the rest and chosen here, never on val
+    linear_cs: List[float] = field(default_factory=lambda: [0.01, 0.1, 1.0])  # linear: C grid (held-out choice)
+    knn_ks: List[int] = field(default_factory=lambda: [5, 20])  # knn: k grid (held-out choice)
+    pixel_dim: Optional[int] = None  # raw-pixels row width, fixed orthogonal map (None: the encoder's; 0: raw)
 
 
 @dataclass
@@ -202,6 +213,11 @@ def check(cfg) -> None:
         fail("model.size", f"{cfg.model.size!r} is not one of {list(PRESETS)}")
     if cfg.model.pos_embed not in ("sincos", "rope"):
         fail("model.pos_embed", f"{cfg.model.pos_embed!r} is not sincos or rope")
+    from vjepa.models.heads import PIXEL_TARGETS
+    from vjepa.models.layers import INIT_SCHEMES
+
+    if cfg.model.get("init", "trunc_normal") not in INIT_SCHEMES:
+        fail("model.init", f"{cfg.model.init!r} is not one of {list(INIT_SCHEMES)}")
     if cfg.mask.kind not in ("multiblock", "tube", "ijepa"):
         fail("mask.kind", f"{cfg.mask.kind!r} is not multiblock, tube or ijepa")
     if cfg.nonfinite not in ("stop", "skip"):
@@ -230,8 +246,12 @@ def check(cfg) -> None:
             fail(f"{key}.teacher", "a salt stage needs a teacher (an earlier stage's name or a checkpoint)")
         if st.method == "salt" and st.teacher not in names and not Path(st.teacher).exists():
             fail(f"{key}.teacher", f"{st.teacher!r} is neither an earlier stage ({names}) nor an existing checkpoint")
-        if st.init and not Path(st.init).exists():
-            fail(f"{key}.init", f"checkpoint {st.init!r} not found")
+        if st.init and st.init not in names and not Path(st.init).exists():
+            fail(f"{key}.init", f"{st.init!r} is neither an earlier stage ({names}) nor an existing checkpoint")
+        if st.pixel_targets not in PIXEL_TARGETS:
+            fail(f"{key}.pixel_targets", f"{st.pixel_targets!r} is not one of {list(PIXEL_TARGETS)}")
+        if st.mask_ratio is not None and not 0 < st.mask_ratio < 1:
+            fail(f"{key}.mask_ratio", f"{st.mask_ratio} is not in (0, 1)")
         if not 0 < st.fraction <= 1:
             fail(f"{key}.fraction", f"{st.fraction} is not in (0, 1]")
         if st.name in names:

@@ -1,5 +1,6 @@
 """An experiment: its stages in order (each stage's final checkpoint can teach a later one), then the
-probe of a random encoder and of every stage's encoder, then summary.json, the loss plot and a table."""
+probe protocol (vjepa/eval/protocol.py) on a random encoder, raw pixels and every stage's encoder, then
+summary.json, the loss plot and the tables."""
 from __future__ import annotations
 
 import json
@@ -10,10 +11,10 @@ import torch
 from omegaconf import OmegaConf
 
 from vjepa.train import config as schema
-from vjepa.train.build import build_encoder, encoder_kwargs, load_teacher
+from vjepa.train.build import build_encoder, encoder_kwargs, init_scheme, load_teacher
 from vjepa.train.data import build_probe_loaders
 from vjepa.train.distributed import init_distributed, pick_device
-from vjepa.train.metrics import plot_losses
+from vjepa.train.metrics import plot_losses, stage_lines
 from vjepa.train.trainer import stage_seed, train_stage
 
 log = logging.getLogger(__name__)
@@ -21,6 +22,8 @@ log = logging.getLogger(__name__)
 
 def run_experiment(cfg, run_dir: str | Path) -> dict:
     schema.check(cfg)
+    if cfg.experiment.probe.enabled:
+        probe_settings(cfg)  # a bad probe key fails now, not after training
     run_dir = Path(run_dir)
     device = pick_device(cfg.device)
     info = init_distributed(device)
@@ -37,7 +40,8 @@ def run_experiment(cfg, run_dir: str | Path) -> dict:
         teacher = None
         if stage.method in ("salt", "tcjepa") and stage.teacher:
             teacher = finals.get(stage.teacher) or Path(stage.teacher)
-        stages[stage.name] = train_stage(cfg, stage, run_dir / stage.name, info, device, teacher)
+        init = finals.get(stage.init) if stage.init else None  # an earlier stage's encoder, or a file (build)
+        stages[stage.name] = train_stage(cfg, stage, run_dir / stage.name, info, device, teacher, init)
         if not stages[stage.name]["complete"]:
             if info.is_main:
                 log.info("stopped in stage %s at step %d (stop_at_step); rerun to resume", stage.name,
@@ -53,51 +57,81 @@ def run_experiment(cfg, run_dir: str | Path) -> dict:
     if info.is_main:
         plot_losses({name: run_dir / name / "metrics.csv" for name in stages}, run_dir / "loss.png")
         if cfg.experiment.probe.enabled:
-            summary["probe"] = probe_all(cfg, finals, device)
-            summary["probe_kind"] = cfg.experiment.probe.kind
+            info = {}
+            summary["probe"] = probe_all(cfg, finals, device, info)
+            summary["probe_settings"], summary["probe_timing"] = info["settings"], info["timing"]
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
         print(format_table(summary))
     return summary
 
 
-def probe_all(cfg, finals: dict[str, Path], device) -> dict:
-    """{encoder: {label: top-1 %}} of a probe per label (experiment.probe.kind: attentive = the best head of an
-    lr x wd grid of attentive probes on cached frozen tokens, vjepa/eval/probe.py; linear = logistic regression
-    on mean-pooled features) for a randomly initialised encoder and every stage's encoder."""
-    from vjepa.eval.linear import probe_encoder
-    from vjepa.eval.probe import ProbeSettings, best_top1, run_probe
+def probe_settings(cfg):
+    """The probe protocol's settings from `experiment.probe` (errors name the key)."""
+    from vjepa.eval.probe import ProbeSettings
+    from vjepa.eval.protocol import FAMILIES, ProtocolSettings
 
     p = cfg.experiment.probe
-    if p.kind not in ("attentive", "linear"):
-        raise ValueError(f"config key experiment.probe.kind: {p.kind!r} is not attentive or linear")
+    families = list(p.families)
+    if p.kind != "attentive":  # the old single-probe switch (default attentive: the protocol's families)
+        if p.kind not in FAMILIES:
+            raise ValueError(f"config key experiment.probe.kind: {p.kind!r} is not one of {list(FAMILIES)} (kind is "
+                             "deprecated: use experiment.probe.families=[...])")
+        log.warning("config key experiment.probe.kind=%s is deprecated: probing families=[%s]; use "
+                    "experiment.probe.families=[%s]", p.kind, p.kind, p.kind)
+        families = [p.kind]
+    unknown = [f for f in families if f not in FAMILIES]
+    if unknown or not families:
+        raise ValueError(f"config key experiment.probe.families: {families} (each one of {list(FAMILIES)})")
+    if p.seeds < 1:
+        raise ValueError(f"config key experiment.probe.seeds: {p.seeds} is not >= 1")
+    if not 0 < p.heldout_fraction < 1:
+        raise ValueError(f"config key experiment.probe.heldout_fraction: {p.heldout_fraction} is not in (0, 1)")
+    if not p.linear_cs or not p.knn_ks:
+        raise ValueError("config keys experiment.probe.linear_cs / knn_ks: give at least one value")
+    attentive = ProbeSettings(depth=p.depth, num_heads=p.num_heads, epochs=p.epochs, batch_size=p.batch_size,
+                              lrs=tuple(p.lrs), wds=tuple(p.wds), seed=cfg.seed)
+    try:
+        attentive.check()
+    except ValueError as e:
+        raise ValueError(f"config keys experiment.probe.depth/epochs/batch_size/lrs/wds: {e}") from None
+    return ProtocolSettings(families=tuple(families), seeds=p.seeds, seed=cfg.seed,
+                            heldout_fraction=p.heldout_fraction, linear_cs=tuple(p.linear_cs),
+                            knn_ks=tuple(p.knn_ks), attentive=attentive)
+
+
+def probe_all(cfg, finals: dict[str, Path], device, info: dict | None = None) -> dict:
+    """The probe protocol (vjepa/eval/protocol.py) on a randomly initialised encoder, the raw-pixels baseline
+    (vjepa/eval/baselines.py) and every stage's encoder, on clips decoded once and features extracted once per
+    encoder. Returns {row: {family: {label: {"mean", "se", "seeds", "n_val", "binomial_se", ...}}}} (val top-1 %,
+    heads chosen on a held-out part of train); `info` gets "settings" and "timing"."""
+    from vjepa.eval.baselines import PixelEncoder
+    from vjepa.eval.protocol import probe_encoders
+
+    settings = probe_settings(cfg)
     train_loader, val_loader = build_probe_loaders(cfg, device)
     first = cfg.experiment.stages[0]
     torch.manual_seed(stage_seed(cfg, first))
-    encoders = {"random-init": build_encoder(encoder_kwargs(cfg))}
-    encoders.update({name: load_teacher(path) for name, path in finals.items()})
-    results = {}
-    for name, enc in encoders.items():
-        if p.kind == "linear":
-            results[name] = probe_encoder(enc.to(device), train_loader, val_loader, device)
-        else:
-            settings = ProbeSettings(depth=p.depth, num_heads=p.num_heads, epochs=p.epochs, batch_size=p.batch_size,
-                                     lrs=tuple(p.lrs), wds=tuple(p.wds), seed=cfg.seed)
-            results[name] = best_top1(run_probe(enc, train_loader, val_loader, settings, device))
-        log.info("%s probe %s: %s", p.kind, name, results[name])
+    random_init = build_encoder(encoder_kwargs(cfg), init_scheme(cfg))
+    pixel_dim = cfg.experiment.probe.pixel_dim
+    pixels = PixelEncoder.like(random_init, random_init.embed_dim if pixel_dim is None else pixel_dim, seed=cfg.seed)
+    encoders = {"random-init": random_init, "raw-pixels": pixels}
+    encoders.update({name: (lambda path=path: load_teacher(path)) for name, path in finals.items()})
+    timing = {}
+    results = probe_encoders(encoders, train_loader, val_loader, settings, device, timing)
+    if info is not None:
+        info["settings"] = {**settings.describe(), "pixel_dim": pixels.embed_dim,
+                            "pixel_projection": pixels.projection is not None}
+        info["timing"] = timing
     return results
 
 
 def format_table(summary: dict) -> str:
-    lines = ["", "stage        steps   final loss   wall (s)"]
-    for name, s in summary["stages"].items():
-        loss = f"{s['final_loss']:.4f}" if s.get("final_loss") is not None else "-"
-        lines.append(f"{name:<12} {s['steps']:>5}   {loss:>10}   {s['wall_seconds'] or 0:>8.1f}")
+    lines = [""] + stage_lines(summary)
     probe = summary.get("probe") or {}
     if probe:
-        labels = sorted({k for v in probe.values() for k in v})
-        lines += ["", f"{summary.get('probe_kind', 'linear')} probe, top-1 (%)",
-                  "encoder".ljust(14) + "".join(f"{l:>12}" for l in labels)]
-        for model, acc in probe.items():
-            lines.append(f"{model:<14}" + "".join(f"{acc.get(l, float('nan')):>12.1f}" for l in labels))
+        from vjepa.eval.protocol import format_tables
+
+        lines += format_tables(probe, summary.get("probe_settings"))
     lines.append(f"\nrun directory: {summary['run_dir']}")
     return "\n".join(lines)
+

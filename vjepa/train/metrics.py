@@ -1,13 +1,60 @@
-"""Run outputs: metrics.csv, TensorBoard events, a progress bar, and the loss-curve plot."""
+"""Run outputs: metrics.csv, TensorBoard events, a progress bar, the loss-curve plot, and the stage table.
+
+Beside the loss, each row has what two trivial predictors score on the same targets (vjepa/methods/base.py
+`trivial_losses`) and `loss_ratio` = loss / the better of the two: a stage learns something beyond the
+trivial answers only when its ratio falls clearly below 1 (docs/architecture.md, "Reading a run").
+"""
 from __future__ import annotations
 
 import csv
+import math
 import sys
 from pathlib import Path
 
 from tqdm import tqdm
 
-COLUMNS = ["step", "loss", "lr", "weight_decay", "grad_norm", "clips_per_s", "data_wait_s", "step_s", "momentum"]
+COLUMNS = ["step", "loss", "trivial_zero", "trivial_position", "loss_ratio", "lr", "weight_decay", "grad_norm",
+           "clips_per_s", "data_wait_s", "step_s", "momentum"]
+
+# A stage counts as learning when its tail loss is below 90% of the better trivial baseline. A predictor
+# that learned only the per-position mean target (or nothing: zeros) scores a ratio of about 1.0; the 10%
+# margin keeps a stage that merely ties a trivial baseline, up to the noise of a tail mean, from passing.
+LEARNING_RATIO = 0.9
+
+
+def mean_diagnostics(steps: list[tuple[float, float, float, float]]) -> dict[str, float | None]:
+    """Per-step (loss, predict, trivial_zero, trivial_position) -> their means as "loss", "trivial_zero",
+    "trivial_position", and "loss_ratio" = mean predict / min(mean trivial_zero, mean trivial_position)
+    ("predict" is the prediction term the baselines compare with; the loss itself for all but TC-JEPA).
+    A method without baselines gives NaN for them, None here."""
+    if not steps:
+        return {"loss": None, "trivial_zero": None, "trivial_position": None, "loss_ratio": None}
+    loss, predict, zero, position = (math.fsum(col) / len(steps) for col in zip(*steps))
+    zero, position = (None if math.isnan(v) else v for v in (zero, position))
+    best = None if zero is None or position is None else min(zero, position)
+    ratio = predict / best if best else None  # None also when a baseline is 0 (all-zero targets)
+    return {"loss": loss, "trivial_zero": zero, "trivial_position": position, "loss_ratio": ratio}
+
+
+def stage_lines(summary: dict) -> list[str]:
+    """The stage table of an experiment summary ({"stages": {name: train_stage's summary}}), header first:
+    steps, tail loss, the two trivial baselines, their ratio and wall time, and a NOT LEARNING marker on a
+    stage whose ratio is >= LEARNING_RATIO."""
+    def num(v, fmt):
+        return "-" if v is None else format(v, fmt)
+
+    lines = [f"{'stage':<12} {'steps':>6} {'tail loss':>10} {'trivial zero':>13} {'trivial position':>17} "
+             f"{'ratio':>6} {'wall (s)':>9}"]
+    for name, s in summary["stages"].items():
+        trivial = s.get("final_trivial") or {}
+        ratio = s.get("final_loss_ratio")
+        line = (f"{name:<12} {s['steps']:>6} {num(s.get('tail_loss'), '.4f'):>10} "
+                f"{num(trivial.get('zero'), '.4f'):>13} {num(trivial.get('position'), '.4f'):>17} "
+                f"{num(ratio, '.3f'):>6} {num(s.get('wall_seconds'), '.1f'):>9}")
+        if s.get("learning") is False:
+            line += f"   NOT LEARNING (ratio {ratio:.3f} >= {LEARNING_RATIO})"
+        lines.append(line)
+    return lines
 
 
 class MetricsLogger:
@@ -51,7 +98,9 @@ class MetricsLogger:
         for k, v in row.items():
             if k != "step" and v is not None:
                 self.writer.add_scalar(f"{self.stage}/{k}", v, step)
-        self.bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{row['lr']:.2e}", clips_s=f"{row['clips_per_s']:.1f}")
+        ratio = "-" if row.get("loss_ratio") is None else f"{row['loss_ratio']:.3f}"
+        self.bar.set_postfix(loss=f"{row['loss']:.4f}", ratio=ratio, lr=f"{row['lr']:.2e}",
+                             clips_s=f"{row['clips_per_s']:.1f}")
 
     def advance(self, n: int = 1) -> None:
         if self.bar is not None:
