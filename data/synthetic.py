@@ -5,7 +5,7 @@ Each clip shows one digit from ``sklearn.datasets.load_digits`` (scaled up so a 
 Labels need appearance (``digit``, 10 classes) and motion (``direction``, 4 or 8 classes;
 ``speed``, 3 classes); every clip has two captions describing both.
 
-    python -m data.synthetic --out DIR [--num-videos 320 --frames 16 --size 64 --seed 0 --codec h264|vp9]
+    python -m data.synthetic --out DIR [--num-videos 1600 --frames 16 --size 64 --seed 0 --codec h264|vp9]
 
 writes ``DIR/videos/*.mp4`` (or ``.webm``), ``DIR/train.jsonl``, ``DIR/val.jsonl`` and
 ``DIR/classes.json``. Everything is a pure function of the arguments (x264/vp9 run
@@ -166,7 +166,7 @@ def generate(out: str | Path, num_videos: int = 320, frames: int = 16, size: int
 
 
 def _complete(root: Path, params: dict) -> bool:
-    """The dataset under `root` is whole and was generated with `params`."""
+    """The dataset under `root` is whole and was generated with `params` (only the keys given)."""
     if not ((root / "train.jsonl").exists() and (root / "val.jsonl").exists() and (root / "classes.json").exists()):
         return False
     made = json.loads((root / "classes.json").read_text()).get("params", {})
@@ -174,29 +174,29 @@ def _complete(root: Path, params: dict) -> bool:
 
 
 def ensure_synthetic(root: str | Path, **kw) -> Path:
-    """Return ``root`` holding the embedded dataset, generating it first if it is missing or was made with
-    other parameters (e.g. an older default).
+    """Return ``root`` holding the embedded dataset, generating it first (DEFAULTS overridden by ``kw``) if it is
+    missing, or if it was made with other values of the parameters given in ``kw``. Without ``kw`` any complete
+    dataset under ``root`` is used as it is (the trainer's default root names the default's size).
 
     Safe when several ranks call it at once: one generates under a file lock into a temporary
     folder and moves the result into place; the others wait and then find it.
     """
     root = Path(root)
-    params = {**DEFAULTS, **kw}
-    if _complete(root, params):
+    if _complete(root, kw):
         return root
     root.parent.mkdir(parents=True, exist_ok=True)
     with open(root.parent / f".{root.name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if not _complete(root, params):
-            if (root / "train.jsonl").exists():  # made with other parameters (an older default): replace it
+        if not _complete(root, kw):
+            if (root / "train.jsonl").exists():  # made with other parameters: replace it
                 log.warning("embedded dataset %s was generated with other parameters; regenerating it with %s",
-                            root, params)
+                            root, kw)
                 for name in ("train.jsonl", "val.jsonl"):
                     (root / name).unlink(missing_ok=True)
                 shutil.rmtree(root / "videos", ignore_errors=True)
             tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
             try:
-                generate(tmp, **params)
+                generate(tmp, **{**DEFAULTS, **kw})
                 root.mkdir(exist_ok=True)
                 for child in tmp.iterdir():  # move into place; manifests last so readers see complete data
                     if not child.name.endswith(".jsonl"):

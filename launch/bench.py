@@ -330,7 +330,7 @@ def main(argv=None) -> dict:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--data", choices=["random", "embedded"], default="random",
                    help="random clips, or real decoded clips of the embedded dataset (data wait = loader)")
-    p.add_argument("--data-root", default="runs/embedded-data")
+    p.add_argument("--data-root", default="runs/embedded-data-1600")
     p.add_argument("--workers", type=int, default=2, help="loader workers with --data embedded")
     p.add_argument("--compile", choices=["inductor", "aot_eager"], default=None,
                    help="torch.compile encoder/predictor/teacher (mask lengths bucketed)")

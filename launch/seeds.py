@@ -1,4 +1,4 @@
-"""`python -m launch.seeds --out DIR [--seeds 0 1 2] [hydra overrides ...]`: the whole pipeline once per seed,
+"""`python -m launch.seeds --out DIR [--seeds 0 1 2] [-- hydra overrides ...]`: the whole pipeline once per seed,
 then one table over the seeds.
 
 Each seed is a fresh `python -m launch.train seed=S run_dir=DIR/seed_S ...` process (a finished seed is not rerun:

@@ -205,9 +205,14 @@ def test_cache_memory_disk_and_none_agree_and_the_cache_saves_encoder_passes(emb
     assert runs["none"]["timing"]["encoder_passes"] == 1 + 3  # val once + train every epoch
     ref = runs["memory"]["labels"]
     assert set(ref) == {"digit", "direction", "speed"}
-    for kind in ("disk", "none"):
-        for label in ref:
-            assert runs[kind]["labels"][label]["heads"] == ref[label]["heads"], (kind, label)
+    for label in ref:  # the same features in the same shuffled order: the same heads
+        assert runs["disk"]["labels"][label]["heads"] == ref[label]["heads"], label
+    # without a cache the heads see the loader's own (unshuffled) order: the same protocol, other batches, so
+    # close but not equal numbers (at most 3 of the val clips apart)
+    n_val = ref["digit"]["num_val"]
+    for label in ref:
+        gap = abs(runs["none"]["labels"][label]["best"]["top1"] - ref[label]["best"]["top1"])
+        assert gap <= 300 / n_val + 1e-6, (label, gap)
 
 
 def eval_cfg(checkpoint, data, run_dir, *overrides):

@@ -34,7 +34,7 @@ class HeadConfig:
 
 @dataclass
 class DataConfig:
-    root: str = "runs/embedded-data"  # the embedded dataset, generated here when train is empty
+    root: str = "runs/embedded-data-1600"  # the embedded dataset, generated here when train is empty
     train: List[str] = field(default_factory=list)  # manifests; empty = the embedded dataset
     weights: Optional[List[float]] = None
     val: Optional[str] = None
