@@ -50,18 +50,22 @@ class ProtocolSettings:
     feature_dtype: str = "float16"     # the cached tokens
 
     def check(self) -> None:
+        """Each error starts with the field it names (the experiment prefixes `experiment.probe.`)."""
         unknown = [f for f in self.families if f not in FAMILIES]
         if unknown or not self.families:
-            raise ValueError(f"probe families {list(self.families)}: each must be one of {list(FAMILIES)}")
+            raise ValueError(f"families: {list(self.families)} (each one of {list(FAMILIES)})")
         if self.seeds < 1:
-            raise ValueError(f"probe seeds must be >= 1, got {self.seeds}")
+            raise ValueError(f"seeds: {self.seeds} is not >= 1")
         if not 0 < self.heldout_fraction < 1:
-            raise ValueError(f"probe heldout_fraction must be in (0, 1), got {self.heldout_fraction}")
+            raise ValueError(f"heldout_fraction: {self.heldout_fraction} is not in (0, 1)")
         if not self.linear_cs or not self.knn_ks:
-            raise ValueError("the probe needs at least one linear C and one k-NN k")
-        self.attentive.check()
+            raise ValueError("linear_cs / knn_ks: give at least one value")
+        try:
+            self.attentive.check()
+        except ValueError as e:
+            raise ValueError(f"depth/epochs/batch_size/lrs/wds: {e}") from None
         if self.attentive.augment:
-            raise ValueError("the protocol probes cached features: attentive augment must be false")
+            raise ValueError("augment: the protocol probes cached features, attentive augment must be false")
 
     def describe(self) -> dict:
         """What a table's reader needs to know (json-ready)."""

@@ -7,7 +7,7 @@ import torch
 
 from vjepa.methods.base import Method, trivial_losses
 from vjepa.models import gather_tokens
-from vjepa.models.heads import pixel_targets
+from vjepa.models.heads import PIXEL_TARGETS, pixel_targets
 
 
 def mse(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -20,8 +20,8 @@ class PixelReconstruction(Method):
     def __init__(self, encoder, decoder, norm_eps: float = 1e-6, targets: str = "patch_norm"):
         super().__init__()
         self.encoder, self.decoder, self.norm_eps, self.targets = encoder, decoder, norm_eps, targets
-        pixel_targets(torch.zeros(1, 3, encoder.tubelet_size, encoder.patch_size, encoder.patch_size),
-                      encoder.tubelet_size, encoder.patch_size, targets)  # an unknown kind fails here
+        if targets not in PIXEL_TARGETS:
+            raise ValueError(f"pixel target {targets!r} is not one of {list(PIXEL_TARGETS)}")
 
     def trained_modules(self):
         return {"encoder": self.encoder, "decoder": self.decoder}

@@ -29,7 +29,7 @@ def build_encoder(kwargs: dict, init: str = "trunc_normal") -> VisionTransformer
 
 
 def init_scheme(cfg) -> str:
-    return cfg.model.get("init", "trunc_normal") if hasattr(cfg.model, "get") else cfg.model.init
+    return getattr(cfg.model, "init", "trunc_normal")  # configs saved before model.init have none
 
 
 def head_kwargs(head_cfg, encoder: VisionTransformer, out_dim: int | None, num_mask_tokens: int) -> dict:
@@ -40,7 +40,7 @@ def head_kwargs(head_cfg, encoder: VisionTransformer, out_dim: int | None, num_m
 
 def mask_generators(cfg, stage, encoder: VisionTransformer) -> list:
     kind = stage.mask or cfg.mask.kind
-    ratio = stage.get("mask_ratio") if hasattr(stage, "get") else getattr(stage, "mask_ratio", None)
+    ratio = getattr(stage, "mask_ratio", None)
     kwargs = {"ratio": cfg.mask.ratio if ratio is None else ratio} if kind == "tube" else {}
     return build_masks(kind, encoder.grid, **kwargs)
 

@@ -79,24 +79,16 @@ def probe_settings(cfg):
         log.warning("config key experiment.probe.kind=%s is deprecated: probing families=[%s]; use "
                     "experiment.probe.families=[%s]", p.kind, p.kind, p.kind)
         families = [p.kind]
-    unknown = [f for f in families if f not in FAMILIES]
-    if unknown or not families:
-        raise ValueError(f"config key experiment.probe.families: {families} (each one of {list(FAMILIES)})")
-    if p.seeds < 1:
-        raise ValueError(f"config key experiment.probe.seeds: {p.seeds} is not >= 1")
-    if not 0 < p.heldout_fraction < 1:
-        raise ValueError(f"config key experiment.probe.heldout_fraction: {p.heldout_fraction} is not in (0, 1)")
-    if not p.linear_cs or not p.knn_ks:
-        raise ValueError("config keys experiment.probe.linear_cs / knn_ks: give at least one value")
     attentive = ProbeSettings(depth=p.depth, num_heads=p.num_heads, epochs=p.epochs, batch_size=p.batch_size,
                               lrs=tuple(p.lrs), wds=tuple(p.wds), seed=cfg.seed)
+    settings = ProtocolSettings(families=tuple(families), seeds=p.seeds, seed=cfg.seed,
+                                heldout_fraction=p.heldout_fraction, linear_cs=tuple(p.linear_cs),
+                                knn_ks=tuple(p.knn_ks), attentive=attentive)
     try:
-        attentive.check()
+        settings.check()
     except ValueError as e:
-        raise ValueError(f"config keys experiment.probe.depth/epochs/batch_size/lrs/wds: {e}") from None
-    return ProtocolSettings(families=tuple(families), seeds=p.seeds, seed=cfg.seed,
-                            heldout_fraction=p.heldout_fraction, linear_cs=tuple(p.linear_cs),
-                            knn_ks=tuple(p.knn_ks), attentive=attentive)
+        raise ValueError(f"config key experiment.probe.{e}") from None
+    return settings
 
 
 def probe_all(cfg, finals: dict[str, Path], device, info: dict | None = None) -> dict:
