@@ -210,7 +210,7 @@ def measure_dali_gpu(items, keys, batches: int, repeats: int, threads: list[int]
     if not torch.cuda.is_available():
         return [("dali-gpu", "n/a", "DALI NVDEC (device='mixed') needs a GPU; none here")]
     if importlib.util.find_spec("nvidia") is None or importlib.util.find_spec("nvidia.dali") is None:
-        return [("dali-gpu", "n/a", "nvidia-dali is not installed here (scripts/pack_dali.sh carries it to a GPU machine)")]
+        return [("dali-gpu", "n/a", "nvidia-dali is not installed here (.ci/pack_dali.sh carries it to a GPU machine)")]
     from data.decoders import DALI_MIXED_THREADS, usable_cpus
 
     bs = SETTINGS["batch_size"]
@@ -355,15 +355,18 @@ def run(videos: Path | None, batches: int, workers: list[int], backends: list[st
     load_after = os.getloadavg()[0]
     table = "\n".join(f"| {a} | {b} | {c} |" for a, b, c in rows)
     made = "made by ../shared/bench/make_videos.sh (ffmpeg)" if shutil.which("ffmpeg") else \
-        "made by `data.benchvideos` with PyAV (no ffmpeg binary here: similar content, not byte-identical to make_videos.sh)"
+        ("made by `data.benchvideos` with PyAV (no ffmpeg binary here: similar content, not byte-identical to "
+         "make_videos.sh)")
     source = made if tmp else f"`--videos {csv.parent}` (muxed by {muxer})"
     gpu = f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
     dali_note = ("DALI GPU rows: see the dali-gpu rows above." if "dali-gpu" in backends and gpu else
                  "DALI GPU (`device='mixed'`) rows need a GPU machine (`--backends decord dali-gpu` there): "
                  "see `## Data loader on a GPU machine (H200)`.")
+    machine = (f"{time.strftime('%Y-%m-%d')}, {platform.machine()}, {os.cpu_count()} cores{gpu}, "
+               f"torch {torch.__version__}")
     section = f"""## {section_name}
 
-`python -m data.bench` ({time.strftime('%Y-%m-%d')}, {platform.machine()}, {os.cpu_count()} cores{gpu}, torch {torch.__version__}).
+`python -m data.bench` ({machine}).
 Files: 8 x 10 s 320x240 30 fps {codec} (x264 defaults, keyint 250), {source}; each listed {REPEAT}x.
 Clip: 16 frames, step 4, 1 clip, RandomResizedCrop 224 scale (0.3, 1.0) ratio (0.75, 1.35), flip, batch 8;
 {clips} clips timed per run after one warm-up batch. Bare-library ceiling: the same frame indices decoded by

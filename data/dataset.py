@@ -74,14 +74,20 @@ class Failure(tuple):
     def __new__(cls, path: str, reason: str, detail: str = ""):
         return super().__new__(cls, (path, reason, detail))
 
+    def __getnewargs__(self):  # pickle (worker -> trainer) calls __new__ with these, not with one tuple
+        return tuple(self)
+
 
 class VideoDataset(torch.utils.data.Dataset):
     def __init__(self, items: list[Item], transform, clip: ClipSpec = ClipSpec(), train: bool = True,
-                 seed: int = 0, backend: str = "decord", decoder_options: dict | None = None,
+                 seed: int = 0, backend: str = "pyav", decoder_options: dict | None = None,
                  max_consecutive_failures: int = 10):
         self.items = list(items)
         self.transform, self.clip, self.train, self.seed = transform, clip, train, seed
         self.readers = ReaderCache(backend, **(decoder_options or {}))
+        mixed = backend == "dali" and self.readers.options.get("device") == "mixed"
+        # NVDEC frames stay on their GPU: frames of a file read by a CPU fallback decoder join them there
+        self._frames_device = f"cuda:{self.readers.options.get('device_id', 0)}" if mixed else "cpu"
         self.max_consecutive_failures = max_consecutive_failures
         self._per_item_paths: set[str] = set()  # files a batched (DALI) decode failed on: decoded per item
 
@@ -106,7 +112,8 @@ class VideoDataset(torch.utils.data.Dataset):
         first = int(math.floor(item.start * fps)) if item.start is not None else 0
         last = int(math.ceil(item.end * fps)) if item.end is not None else None
         if first >= reader.num_frames:
-            raise DecodeError(item.path, "too_short", f"start {item.start}s is past the end ({reader.num_frames} frames)")
+            raise DecodeError(item.path, "too_short",
+                              f"start {item.start}s is past the end ({reader.num_frames} frames)")
         try:
             clips = clip_indices(reader.num_frames, c.frames_per_clip, step, c.num_clips, rng, first, last, c.short)
         except TooShort as e:
@@ -117,13 +124,8 @@ class VideoDataset(torch.utils.data.Dataset):
     def _frames(self, item: Item, rng: np.random.Generator | None) -> list:
         if is_image(item.path):
             return [read_image(item.path)] * self.clip.num_clips
-        reader, clips, wanted = self._plan(item, rng)
-        try:
-            frames = reader.get_frames(wanted)
-        except DecodeError:
-            self.readers.forget(item.path)
-            raise
-        return _split_clips(frames, clips, wanted)
+        _, clips, wanted = self._plan(item, rng)
+        return _split_clips(self.readers.get_frames(item.path, wanted), clips, wanted)
 
     def load(self, index: int, epoch: int = 0, draw: int | None = None, attempt: int = 0) -> dict:
         """One sample; raises DecodeError for a bad item."""
@@ -156,17 +158,17 @@ class VideoDataset(torch.utils.data.Dataset):
         return [done[k] if k in done else self[k] for k in keys]
 
     def _needs_per_item(self, path: str) -> bool:
-        return is_image(path) or path in self._per_item_paths
+        return is_image(path) or path in self._per_item_paths or path in self.readers.fallbacks
 
     def _sample(self, index: int, clip_frames: list, seeds: np.ndarray) -> dict:
         item = self.items[index]
         views = []
         for c, frames in enumerate(clip_frames):
             if isinstance(frames, np.ndarray):  # DALI mixed returns CUDA tensors already
-                frames = torch.from_numpy(np.ascontiguousarray(frames))
+                frames = torch.from_numpy(np.ascontiguousarray(frames)).to(self._frames_device)
             views += apply(self.transform, frames, int(seeds[1 + c] % 2**63) if self.train else None)
         return {"video": views, "labels": dict(item.labels), "captions": list(item.captions),
-                "index": index, "path": item.path}
+                "index": index, "path": item.path, "fallback": self.readers.fallbacks.get(item.path)}
 
     def __getitem__(self, key) -> dict:
         index, epoch, draw = _key(key)
@@ -223,4 +225,5 @@ def collate_clips(samples: list[dict]) -> dict:
     return {"video": views[0] if num_views == 1 else views, "labels": labels,
             "captions": [s["captions"] for s in samples],
             "index": torch.tensor([s["index"] for s in samples], dtype=torch.long),
-            "path": [s["path"] for s in samples], "skipped": skipped}
+            "path": [s["path"] for s in samples], "skipped": skipped,
+            "fallbacks": [(s["path"], *s["fallback"]) for s in samples if s.get("fallback")]}

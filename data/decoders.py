@@ -5,16 +5,25 @@ Every backend returns uint8 ``[T, H, W, 3]`` RGB for the requested frame indices
 anything wrong with the file, so callers can skip and count instead of crashing.
 
 Backends
-- ``decord`` (default): ``decord.VideoReader.get_batch``; a kept-open reader seeks to the nearest
-  keyframe before each index run and decodes forward.
-- ``pyav``: our own seek-and-decode loop over PyAV. It indexes packets once at open, decodes from the
-  nearest keyframe only, continues from the decoder's current position when that is closer, and lets
-  FFmpeg drop non-reference frames that are not requested (``skip_frame=NONREF``) -- those are never
-  needed to reconstruct other frames, so output stays pixel-exact while decoding far fewer frames.
-  YUV->RGB goes through one swscale context per reader on one thread (:func:`rgb_converter`).
+- ``pyav`` (default: the fastest on CPU, pixel-identical to decord, docs/benchmarks.md): our own
+  seek-and-decode loop over PyAV. It indexes packets once at open, decodes from the nearest keyframe only,
+  continues from the decoder's current position when that is closer, and lets FFmpeg drop non-reference
+  frames that are not requested (``skip_frame=NONREF``) -- those are never needed to reconstruct other
+  frames, so output stays pixel-exact while decoding far fewer frames. YUV->RGB goes through one swscale
+  context per reader on one thread (:func:`rgb_converter`).
+- ``decord``: ``decord.VideoReader.get_batch``; a kept-open reader seeks to the nearest keyframe before
+  each index run and decodes forward.
 - ``dali``: ``nvidia.dali.fn.decoders.video`` on the in-memory file with ``frames=indices``.
   ``device='cpu'`` decodes VP8/VP9/MJPEG only (H.264/HEVC raise a clear ``unsupported_codec``);
   ``device='mixed'`` uses NVDEC on the GPU and returns frames on the GPU (not runnable on CPU-only hosts).
+
+Fallback: :class:`ReaderCache` (what the loader and ``data.check`` use) reads a file that its backend cannot
+open with the next installed backend of :data:`FALLBACKS`, and one whose frames it cannot decode likewise
+(except after PyAV, see there), and remembers the choice per file.
+
+Truncation: a file cut short whose header still parses promises more frames than it holds
+(``reader.promised_frames``). Readers then index only the frames that decode (``num_frames``), so clips
+are sampled from those; :func:`is_truncated` tells such a file.
 
 Readers are not fork/pickle safe (decord deadlocks if shared across a fork): create them inside the
 DataLoader worker, e.g. through :class:`ReaderCache`, which keeps a few readers open per process so
@@ -24,22 +33,34 @@ consecutive clips of the same file reuse the decoder.
 from __future__ import annotations
 
 import bisect
+import importlib.util
+import itertools
 import os
 from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
 
-BACKENDS = ("decord", "pyav", "dali")
+BACKENDS = ("pyav", "decord", "dali")
+# where a file goes when its backend cannot read it (installed backends only). PyAV's decode errors are final
+# (ReaderCache.get_frames), as are files it finds cut short (DecodeError.damaged): it checks every frame's
+# timestamp and FFmpeg's corruption flags and raises, where decord returned the damaged first frame of a cut
+# AVI and wrong frames of a cut MPEG-2 file as fine, so a fallback after PyAV would call damaged frames fine.
+FALLBACKS = {"pyav": ("decord",), "decord": ("pyav",), "dali": ("pyav", "decord")}
+_MODULES = {"pyav": "av", "decord": "decord", "dali": "nvidia.dali"}
+# containers in which decord's seeks return other frames of the video, without an error (MPEG-PS and MPEG-TS,
+# MPEG-2 and H.264 alike: frame 13 came back as frame 0 or 25); the fallback reads them with PyAV
+DECORD_WRONG_FRAMES = {"mpeg", "mpegts"}
 # codecs DALI's CPU operators can decode (../shared/reference.md §6)
 DALI_CPU_CODECS = {"vp8", "vp9", "mjpeg"}
 
 
 class DecodeError(Exception):
-    """A media file could not be (fully) decoded. ``reason`` is a short category used in skip counts."""
+    """A media file could not be (fully) decoded. ``reason`` is a short category used in skip counts.
+    ``damaged``: the frames asked for are damaged, so no other backend is tried (it could return them as fine)."""
 
-    def __init__(self, path: str, reason: str, detail: str = ""):
-        self.path, self.reason, self.detail = str(path), reason, detail
+    def __init__(self, path: str, reason: str, detail: str = "", damaged: bool = False):
+        self.path, self.reason, self.detail, self.damaged = str(path), reason, detail, damaged
         super().__init__(f"{path}: {reason}" + (f" ({detail})" if detail else ""))
 
 
@@ -92,6 +113,47 @@ def _check_output(path: str, frames: np.ndarray, n: int) -> np.ndarray:
     return frames
 
 
+def header_frames(container, stream) -> int | None:
+    """Frames a file's header promises (PyAV container and video stream): its frame count (AVI, MP4/MOV) or,
+    in Matroska/WebM, its duration times the frame rate; None where it promises none (Ogg, MPEG-PS/TS
+    estimate their duration from the data that is there)."""
+    if stream.frames:
+        return int(stream.frames)
+    rate = stream.average_rate or stream.guessed_rate
+    if "matroska" in container.format.name and container.duration and rate:
+        return round(container.duration / 1_000_000 * float(rate))
+    return None
+
+
+def is_truncated(reader) -> bool:
+    """Fewer frames decode than the header promises (1% slack: audio that outlasts the video, a dropped frame)."""
+    promised = reader.promised_frames
+    return promised is not None and reader.num_frames < promised - max(1, promised // 100)
+
+
+def keep_decodable(reader) -> None:
+    """A truncated file: index only the frames that decode, so clips are sampled from those."""
+    if is_truncated(reader):
+        reader.num_frames = decodable_prefix(reader)
+        if reader.num_frames == 0:
+            raise DecodeError(reader.path, "unreadable",
+                              f"header promises {reader.promised_frames} frames, none decodes", damaged=True)
+
+
+def decodable_prefix(reader) -> int:
+    """How many frames of a cut file decode. Frames [0, m) do and the rest do not (the data stops), so a
+    binary search over single-frame decodes finds m."""
+    lo, hi = 0, reader.num_frames
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        try:
+            reader.get_frames([mid - 1])
+            lo = mid
+        except DecodeError:
+            hi = mid - 1
+    return lo
+
+
 class DecordReader:
     backend = "decord"
 
@@ -100,6 +162,9 @@ class DecordReader:
 
         check_file(path)
         self.path = str(path)
+        container, self.promised_frames = _pyav_header(self.path)  # decord tells neither
+        if container in DECORD_WRONG_FRAMES:
+            raise DecodeError(self.path, "unsupported_container", f"decord seeks {container} files to other frames")
         try:
             self._vr = decord.VideoReader(self.path, ctx=decord.cpu(0), num_threads=threads)
             self.num_frames = len(self._vr)
@@ -109,70 +174,123 @@ class DecordReader:
             raise DecodeError(self.path, "unreadable", str(e).splitlines()[0][:200]) from None
         if self.num_frames == 0:
             raise DecodeError(self.path, "unreadable", "no video frames")
+        keep_decodable(self)
 
     def get_frames(self, indices) -> np.ndarray:
         idx = _check_indices(self.path, indices, self.num_frames)
         try:
             frames = self._vr.get_batch(idx).asnumpy()
         except Exception as e:  # truncated/corrupt stream: IndexError, DECORDError
-            raise DecodeError(self.path, "decode_error", f"{type(e).__name__}: {str(e).splitlines()[0][:200]}") from None
+            detail = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
+            raise DecodeError(self.path, "decode_error", detail) from None
         return _check_output(self.path, frames, len(idx))
 
     def close(self) -> None:
         self._vr = None
 
 
+def _pyav_header(path: str) -> tuple[str, int | None]:
+    """(container format, frames its header promises) as PyAV reads them; ("", None) where it cannot."""
+    import av
+
+    try:
+        with av.open(path) as container:
+            video = container.streams.video
+            return container.format.name, header_frames(container, video[0]) if video else None
+    except Exception:  # noqa: BLE001 -- a header PyAV cannot parse promises nothing
+        return "", None
+
+
+def _gapless_prefix(pts: list[int]) -> list[int]:
+    """The frames of a cut file up to its first missing one. With B-frames the cut can take the packets of
+    frames shown before the last one kept (a cut H.264 MKV lost 700 and 800 but kept 900), and frame ``i``
+    must stay the video's ``i``-th frame."""
+    steps = np.diff(pts)
+    gaps = np.flatnonzero(steps > 1.5 * np.median(steps)) if len(steps) else []
+    return pts[: gaps[0] + 1] if len(gaps) else pts
+
+
 class PyAVReader:
     backend = "pyav"
 
     def __init__(self, path: str, threads: int = 1):
-        import av
-
         check_file(path)
-        self.path = str(path)
+        self.path, self._threads = str(path), threads
         try:
-            self._container = av.open(self.path)
-            if not self._container.streams.video:
-                raise DecodeError(self.path, "unreadable", "no video stream")
-            self._stream = stream = self._container.streams.video[0]
-            if stream.codec_context is None:
-                raise DecodeError(self.path, "unsupported_codec", f"no decoder for {stream.codec_context}")
-            stream.codec_context.thread_count = threads
-            stream.codec_context.thread_type = "SLICE"  # frame threading would delay skip_frame switches
+            self._open()
+            stream = self._stream
             # one pass over the packets (no decoding): frame index <-> pts, and where keyframes are
-            pts, key_pts = [], []
-            for packet in self._container.demux(stream):
-                if packet.pts is None or packet.size == 0:
-                    continue
-                pts.append(packet.pts)
-                if packet.is_keyframe:
-                    key_pts.append(packet.pts)
+            packets = [(packet.pts, packet.is_keyframe, packet.is_corrupt, packet.size)
+                       for packet in self._container.demux(stream) if packet.pts is not None and packet.size > 0]
+            self.promised_frames = header_frames(self._container, stream)
         except DecodeError:
             raise
         except Exception as e:
             raise DecodeError(self.path, "unreadable", f"{type(e).__name__}: {e}"[:200]) from None
-        self._pts = sorted(pts)
-        self._key_pts = sorted(key_pts) or self._pts[:1]
+        # FFmpeg flags the packets that the end of a cut file cuts short: they decode to an error or a damaged frame
+        cut = bool(packets) and packets[-1][2]
+        while packets and packets[-1][2]:
+            packets.pop()
+        self._pts = sorted(pts for pts, *_ in packets)
+        if cut or (self.promised_frames or 0) > len(self._pts):
+            self._pts = _gapless_prefix(self._pts)
+        self._key_pts = sorted(pts for pts, key, *_ in packets if key) or self._pts[:1]
+        self._key_sizes = {pts: size for pts, key, _, size in packets if key}
+        self._seekable = True  # until no seek lands on a keyframe of the index
         self.num_frames = len(self._pts)
-        if self.num_frames == 0:
-            raise DecodeError(self.path, "unreadable", "no video frames")
+        if self.num_frames == 0:  # cut: decord returned the damaged first frame of such a cut AVI as fine
+            raise DecodeError(self.path, "unreadable", "its frames are cut short" if cut else "no video frames",
+                              damaged=cut)
         rate = stream.average_rate or stream.guessed_rate
         self.fps = float(rate) if rate else 0.0
         self.height, self.width = stream.codec_context.height, stream.codec_context.width
         self._frames = None    # frame iterator positioned somewhere in the stream
         self._last_pts = None  # pts of the last frame it produced
+        self._fed = set()      # pts of the packets it was fed unwanted: their frames may be dropped (NONREF)
         self._to_rgb = rgb_converter()
+        keep_decodable(self)
 
-    def _restart_at(self, pts: int) -> None:
-        self._container.seek(pts, stream=self._stream, backward=True, any_frame=False)
-        self._frames = self._decode()
-        self._last_pts = None
+    def _open(self) -> None:
+        import av
 
-    def _decode(self):
+        self._container = av.open(self.path)
+        if not self._container.streams.video:
+            raise DecodeError(self.path, "unreadable", "no video stream")
+        self._stream = stream = self._container.streams.video[0]
+        if stream.codec_context is None:
+            raise DecodeError(self.path, "unsupported_codec", f"no decoder for {stream.codec_context}")
+        stream.codec_context.thread_count = self._threads
+        stream.codec_context.thread_type = "SLICE"  # frame threading would delay skip_frame switches
+
+    def _restart_at(self, k: int) -> None:
+        """Position the decoder on keyframe ``k`` or an earlier one. A seek is trusted only when it lands on a
+        keyframe packet of the index: containers without an index (MPEG-PS/TS) seek by bytes and landed a
+        keyframe late (TS) or inside a packet with a made-up timestamp (PS). Earlier keyframes are tried, then
+        the file is decoded from its start, from then on without seeking."""
+        key = self._key_pts[k]
+        for seek_to in [*self._key_pts[k::-1], None] if self._seekable else [None]:
+            if seek_to is None:  # from the start: a freshly opened file
+                self._container.close()
+                self._open()
+                self._seekable = False
+            else:
+                self._container.seek(seek_to, stream=self._stream, backward=True, any_frame=False)
+            packets = self._container.demux(self._stream)
+            first = next(packets, None)
+            if seek_to is None or (first is not None and first.pts is not None and first.pts <= key
+                                   and self._key_sizes.get(first.pts) == first.size):
+                break
+        self._frames = self._decode(itertools.chain([first] if first is not None else [], packets))
+        self._last_pts, self._fed = None, set()
+
+    def _decode(self, packets):
         # packets whose frame is not wanted are decoded with NONREF skipping; needed ones normally
         cc = self._stream.codec_context
-        for packet in self._container.demux(self._stream):
-            cc.skip_frame = "DEFAULT" if packet.pts in self._wanted else "NONREF"
+        for packet in packets:
+            wanted = packet.pts in self._wanted
+            cc.skip_frame = "DEFAULT" if wanted else "NONREF"
+            if not wanted:
+                self._fed.add(packet.pts)
             for frame in packet.decode():
                 yield frame
         cc.skip_frame = "DEFAULT"
@@ -184,10 +302,12 @@ class PyAVReader:
         found: dict[int, np.ndarray] = {}
         try:
             for target in targets:
-                key = self._key_pts[max(bisect.bisect_right(self._key_pts, target) - 1, 0)]
-                # continue forward when the decoder already sits between the keyframe and the target
-                if self._frames is None or self._last_pts is None or not (key <= self._last_pts < target):
-                    self._restart_at(key)
+                k = max(bisect.bisect_right(self._key_pts, target) - 1, 0)
+                # continue forward when the decoder sits between the keyframe and the target and has not been
+                # fed the target's packet yet (fed unwanted, a B-frame was dropped and never comes out)
+                if (self._frames is None or self._last_pts is None or not (self._key_pts[k] <= self._last_pts < target)
+                        or target in self._fed):
+                    self._restart_at(k)
                 while target not in found:
                     frame = next(self._frames, None)
                     if frame is None:
@@ -198,6 +318,10 @@ class PyAVReader:
                         continue
                     self._last_pts = frame.pts
                     if frame.pts in self._wanted and frame.pts not in found:
+                        if frame.is_corrupt:  # concealed decode errors: the last frame of a cut MPEG-PS/TS file
+                            self._frames = None
+                            raise DecodeError(self.path, "decode_error",
+                                              f"frame {self._pts.index(frame.pts)} decodes damaged (truncated?)")
                         found[frame.pts] = self._to_rgb(frame)
                     if frame.pts > target and target not in found:
                         self._frames = None
@@ -238,6 +362,7 @@ class DaliReader:
         # metadata (frame count, codec) via PyAV: DALI has no cheap metadata query
         meta = PyAVReader(self.path)
         self.num_frames, self.fps, self.height, self.width = meta.num_frames, meta.fps, meta.height, meta.width
+        self.promised_frames = meta.promised_frames  # num_frames: those that decode (PyAV checked a cut file)
         self.codec = meta._stream.codec_context.name
         meta.close()
         if device == "cpu" and self.codec not in DALI_CPU_CODECS:
@@ -333,7 +458,7 @@ def usable_cpus() -> int:
         return os.cpu_count() or 1
 
 
-def open_video(path: str | Path, backend: str = "decord", **options):
+def open_video(path: str | Path, backend: str = "pyav", **options):
     """Open ``path`` with ``backend`` (one of BACKENDS). Options: ``threads``; DALI: ``device``, ``device_id``."""
     if backend == "decord":
         return DecordReader(str(path), **options)
@@ -344,39 +469,100 @@ def open_video(path: str | Path, backend: str = "decord", **options):
     raise ValueError(f"unknown decoder backend {backend!r}; choose one of {BACKENDS}")
 
 
+def installed(backend: str) -> bool:
+    try:
+        return importlib.util.find_spec(_MODULES[backend]) is not None
+    except ModuleNotFoundError:  # nvidia.dali without the nvidia namespace
+        return False
+
+
 class ReaderCache:
     """Per-process LRU of open readers so clips of the same file reuse one decoder.
 
-    Files that failed to open are remembered, so a bad file costs one attempt per process.
+    A file that ``backend`` cannot open, or whose frames it cannot decode, is read with the next installed
+    backend of ``FALLBACKS[backend]`` that can; the choice is remembered (``fallbacks``: path -> (backend,
+    why the ones before failed)), so the fallback is found once per file per process. Files that no backend
+    opens are remembered too, so a bad file costs one attempt per process.
     """
 
-    def __init__(self, backend: str = "decord", max_open: int = 16, **options):
+    def __init__(self, backend: str = "pyav", max_open: int = 16, **options):
         if backend not in BACKENDS:
             raise ValueError(f"unknown decoder backend {backend!r}; choose one of {BACKENDS}")
         self.backend, self.max_open, self.options = backend, max_open, options
+        self.chain = (backend, *(b for b in FALLBACKS[backend] if installed(b)))
         self._open: OrderedDict[str, object] = OrderedDict()
         self._failed: dict[str, DecodeError] = {}
+        self.fallbacks: dict[str, tuple[str, str]] = {}
         self._pid = os.getpid()
 
     def get(self, path: str):
         if os.getpid() != self._pid:  # forked copy: never touch the parent's decoders
-            self._open, self._failed, self._pid = OrderedDict(), {}, os.getpid()
+            self._open, self._failed, self.fallbacks, self._pid = OrderedDict(), {}, {}, os.getpid()
         if path in self._failed:
             raise self._failed[path]
         reader = self._open.get(path)
         if reader is not None:
             self._open.move_to_end(path)
             return reader
+        backend = self.fallbacks.get(path, (self.backend,))[0]
         try:
-            reader = open_video(path, self.backend, **self.options)
+            reader = self._open_first(path, self.chain[self.chain.index(backend):])
         except DecodeError as e:
             self._failed[path] = e
             raise
+        self._keep(path, reader)
+        return reader
+
+    def get_frames(self, path: str, indices):
+        """``get(path).get_frames(indices)``. A decode error moves the file on to the next backend of the chain
+        that decodes these frames, except after PyAV (see FALLBACKS)."""
+        reader = self.get(path)
+        try:
+            return reader.get_frames(indices)
+        except DecodeError as error:
+            self.forget(path)
+            if error.reason != "decode_error" or reader.backend == "pyav":
+                raise
+            for backend in self.chain[self.chain.index(reader.backend) + 1:]:
+                try:
+                    other = open_video(path, backend, **self._options(backend))
+                    frames = other.get_frames(indices)
+                except DecodeError:
+                    continue
+                self.fallbacks[path] = (backend, f"{reader.backend}: {error.detail}")
+                self._keep(path, other)
+                return frames
+            raise
+
+    def _open_first(self, path: str, backends):
+        """The reader of the first of ``backends`` that opens ``path``; if none does, an error naming each one's."""
+        errors = []
+        for backend in backends:
+            try:
+                reader = open_video(path, backend, **self._options(backend))
+            except DecodeError as e:
+                if e.reason in ("missing", "empty") or e.damaged:  # nothing (intact) there for any backend
+                    raise
+                errors.append(e)
+                continue
+            if errors:
+                why = (f"{e.reason} with {b}" + f" ({e.detail})" * bool(e.detail) for b, e in zip(backends, errors))
+                self.fallbacks[path] = (backend, "; ".join(why))
+            return reader
+        if len(errors) == 1:
+            raise errors[0]
+        reasons = {e.reason for e in errors}
+        raise DecodeError(path, reasons.pop() if len(reasons) == 1 else "unreadable",
+                          "; ".join(f"{b}: {e.detail or e.reason}" for b, e in zip(backends, errors)))
+
+    def _options(self, backend: str) -> dict:
+        return self.options if backend == self.backend else {k: v for k, v in self.options.items() if k == "threads"}
+
+    def _keep(self, path: str, reader) -> None:
         self._open[path] = reader
         if len(self._open) > self.max_open:
             _, old = self._open.popitem(last=False)
             old.close()
-        return reader
 
     def forget(self, path: str) -> None:
         """Drop a reader after a decode error (its state may be broken)."""

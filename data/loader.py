@@ -17,6 +17,7 @@ as ``DistributedSampler`` does. ``state_dict()`` = ``{epoch, batches_consumed}``
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections import Counter
 from pathlib import Path
@@ -25,14 +26,19 @@ import numpy as np
 import torch
 
 from data.dataset import ClipSpec, VideoDataset, collate_clips
-from data.manifest import Item, read_manifests, items_from_image_folder
+from data.manifest import Item, items_from_image_folder, read_manifests
 from data.transforms import build_transform, normalize
+from data.worker_lifetime import bind_worker_to_trainer
 
 log = logging.getLogger(__name__)
 
 
 class TooManyBadFiles(RuntimeError):
     pass
+
+
+class WorkerTimeout(RuntimeError):
+    """No batch came within ``worker_timeout`` seconds while every worker was alive: one hangs."""
 
 
 def epoch_order(num_items: int, epoch: int, seed: int, shuffle: bool, weights=None) -> np.ndarray:
@@ -83,6 +89,7 @@ class ClipLoader:
         self.epoch, self.batches_consumed = 0, 0
         self._skips: dict[int, Counter] = {}          # epoch -> reason -> count
         self._bad_files: dict[int, dict[str, str]] = {}  # epoch -> path -> reason
+        self._fallbacks: dict[str, str] = {}  # path -> the backend that read it where the configured one could not
         self._last_epoch = 0                            # epoch of the last batch handed out
         self._logged: set[str] = set()
         if len(self) == 0:
@@ -90,8 +97,9 @@ class ClipLoader:
         kw = {}
         if num_workers > 0:
             kw = dict(persistent_workers=persistent_workers, prefetch_factor=prefetch_factor,
-                      worker_init_fn=_seed_worker, multiprocessing_context=_worker_context(worker_start),
-                      timeout=worker_timeout)  # a stuck decoder becomes an error, not a hang
+                      worker_init_fn=functools.partial(_init_worker, forkserver=worker_start == "forkserver"),
+                      multiprocessing_context=_worker_context(worker_start),
+                      timeout=worker_timeout)  # a stuck decoder becomes an error, not a hang (0: wait forever)
         self._dl = torch.utils.data.DataLoader(dataset, batch_sampler=_BatchStream(self), num_workers=num_workers,
                                                collate_fn=collate_clips, pin_memory=pin_memory, **kw)
         self._stream, self._stream_next = None, None  # the DataLoader iterator kept across epochs; its next position
@@ -109,7 +117,8 @@ class ClipLoader:
         if total > len(order):  # pad by wrapping around, like DistributedSampler
             extra = total - len(order)
             order, draws = np.concatenate([order, order[:extra]]), np.concatenate([draws, draws[:extra]])
-        return [(int(i), epoch, int(d)) for i, d in zip(order[self.rank::self.world_size], draws[self.rank::self.world_size])]
+        mine = slice(self.rank, None, self.world_size)
+        return [(int(i), epoch, int(d)) for i, d in zip(order[mine], draws[mine])]
 
     def _batches(self, epoch: int) -> list[list[tuple[int, int, int]]]:
         keys = self._shard(epoch)
@@ -145,11 +154,23 @@ class ClipLoader:
     # ---- skips -------------------------------------------------------------------------------
     def skip_counts(self, epoch: int | None = None) -> dict:
         """Skipped items of ``epoch`` (default: the epoch of the last batch handed out, so after a finished
-        epoch its summary): total, per reason, the bad files (path -> reason), and bad manifest rows."""
+        epoch its summary): total, per reason, the bad files (path -> reason), and bad manifest rows; and,
+        for the whole run so far, ``fallbacks``: how many files each fallback backend read (``fallback_files``)."""
         epoch = self._last_epoch if epoch is None else epoch
         skips = self._skips.get(epoch, Counter())
         return {"epoch": epoch, "skipped": sum(skips.values()), "by_reason": dict(skips),
-                "bad_files": dict(self._bad_files.get(epoch, {})), "manifest_rows": len(self.manifest_problems)}
+                "bad_files": dict(self._bad_files.get(epoch, {})), "manifest_rows": len(self.manifest_problems),
+                "fallbacks": dict(Counter(self._fallbacks.values()))}
+
+    def fallback_files(self) -> dict[str, str]:
+        """Files read by a fallback backend so far: path -> backend."""
+        return dict(self._fallbacks)
+
+    def _record_fallbacks(self, fallbacks) -> None:
+        for path, backend, why in fallbacks:
+            if path not in self._fallbacks:
+                self._fallbacks[path] = backend
+                log.info("reading %s with %s (%s)", path, backend, why)
 
     def _record(self, failures) -> None:
         skips = self._skips.setdefault(self.epoch, Counter())
@@ -172,6 +193,7 @@ class ClipLoader:
             batches = self._epoch_from_stream()
         for batch in batches:
             self._record(batch["skipped"])
+            self._record_fallbacks(batch.get("fallbacks", ()))
             if "failed" in batch:
                 files = sorted({f"{p} ({r}{': ' + d if d else ''})" for p, r, d in batch["failed"]})
                 raise TooManyBadFiles(
@@ -180,7 +202,8 @@ class ClipLoader:
             self.batches_consumed += 1
             self._last_epoch = self.epoch
             video = batch["video"]
-            batch["video"] = [self._normalized(v) for v in video] if isinstance(video, list) else self._normalized(video)
+            batch["video"] = ([self._normalized(v) for v in video] if isinstance(video, list)
+                              else self._normalized(video))
             yield batch
         self.set_epoch(self.epoch + 1)
 
@@ -198,12 +221,21 @@ class ClipLoader:
                 self.close()
                 if isinstance(err, Exception) and self._dl.num_workers > 0:  # not an interrupt, nor (0 workers)
                     # the dataset's own error: a dead worker, a timeout, a batch lost with its worker
-                    raise RuntimeError(f"data loader worker failed at epoch {self.epoch}, batch {b} "
-                                       f"({type(err).__name__}: {err}); iterating again restarts the workers "
-                                       "there") from err
+                    raise self._worker_failure(b, err) from err
                 raise
             self._stream_next = self._position(self.epoch, b + 1)
             yield batch
+
+    def _worker_failure(self, b: int, err: Exception) -> RuntimeError:
+        where = f"data loader worker failed at epoch {self.epoch}, batch {b}"
+        again = "iterating again restarts the workers there"
+        # torch's words when the wait ran out with every worker alive (a dead one is reported as such)
+        if self._dl.timeout and str(err).startswith("DataLoader timed out"):
+            files = "\n  ".join(self.dataset.items[i].path for i, _, _ in self._batches(self.epoch)[b])
+            return WorkerTimeout(f"{where}: no batch within worker_timeout={self._dl.timeout:g} s "
+                                 "(data.worker_timeout) while every worker was alive, so one hangs (a stalled file "
+                                 f"system, a stuck decoder?); {again}. The batch's files:\n  {files}")
+        return RuntimeError(f"{where} ({type(err).__name__}: {err}); {again}")
 
     def close(self) -> None:
         """Stop the persistent worker processes now (they otherwise live until garbage collection)."""
@@ -231,6 +263,11 @@ def _worker_context(method: str):
     return ctx
 
 
+def _init_worker(worker_id: int, forkserver: bool) -> None:
+    bind_worker_to_trainer(started_by_forkserver=forkserver)  # no worker outlives the trainer
+    _seed_worker(worker_id)
+
+
 def _seed_worker(worker_id: int) -> None:
     # per-item randomness is seeded explicitly (dataset.py); this only keeps stray library RNG use distinct
     seed = torch.initial_seed() % 2**32
@@ -254,7 +291,7 @@ def build_loader(manifests=None, *, items: list[Item] | None = None, image_folde
                  duration: float | None = None, num_clips: int = 1, short: str = "pad",
                  size: int = 224, crop_scale=(0.3, 1.0), crop_ratio=(0.75, 1.35), flip: float = 0.5,
                  randaugment: bool = False, eval_crops: int = 1, eval_resize_ratio: float = 256 / 224,
-                 backend: str = "decord", decoder_options: dict | None = None,
+                 backend: str = "pyav", decoder_options: dict | None = None,
                  num_workers: int = 2, pin_memory: bool | None = None, persistent_workers: bool = True,
                  prefetch_factor: int = 2, seed: int = 0, rank: int | None = None, world_size: int | None = None,
                  shuffle: bool | None = None, drop_last: bool | None = None,

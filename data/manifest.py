@@ -209,8 +209,10 @@ def read_manifests(manifests, weights=None, label_keys: tuple[str, ...] = ()) ->
     return MixedManifest(items, problems, sizes, weights)
 
 
-def items_from_image_folder(root: str | Path, extensions=(".jpg", ".jpeg", ".png", ".bmp", ".webp")) -> tuple[list[Item], list[str]]:
-    """Folder-per-class images (``root/<class>/<file>``): items labelled by sorted class name, and the class names."""
+def items_from_image_folder(root: str | Path,
+                            extensions=(".jpg", ".jpeg", ".png", ".bmp", ".webp")) -> tuple[list[Item], list[str]]:
+    """Folder-per-class images (``root/<class>/<file>``): items labelled by sorted class name, and the class
+    names."""
     root = Path(root)
     classes = sorted(d.name for d in root.iterdir() if d.is_dir())
     if not classes:

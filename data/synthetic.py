@@ -17,10 +17,10 @@ from __future__ import annotations
 import argparse
 import fcntl
 import json
+import logging
 import math
 import os
 import shutil
-import logging
 import tempfile
 from fractions import Fraction
 from pathlib import Path

@@ -97,17 +97,20 @@ def seeds_table(summaries: dict[int, dict], student: str = "student", teacher: s
     stage_names = list(first.get("stages", {}))
     lines += ["| stage | tail loss | trivial zero | trivial position | loss / best trivial | wall (s) |",
               "|---|---|---|---|---|---|"]
+
+    def col(stage, key, sub=None):
+        vals = []
+        for s in seeds:
+            v = summaries[s]["stages"][stage].get(key)
+            v = v.get(sub) if isinstance(v, dict) else v
+            vals.append(float("nan") if v is None else float(v))
+        m, se = mean_se(vals)
+        return f"{m:.4f} ± {se:.4f}" if key != "wall_seconds" else f"{m:.0f} ± {se:.0f}"
+
     for name in stage_names:
-        def col(key, sub=None):
-            vals = []
-            for s in seeds:
-                v = summaries[s]["stages"][name].get(key)
-                v = v.get(sub) if isinstance(v, dict) else v
-                vals.append(float("nan") if v is None else float(v))
-            m, se = mean_se(vals)
-            return f"{m:.4f} ± {se:.4f}" if key != "wall_seconds" else f"{m:.0f} ± {se:.0f}"
-        lines.append(f"| {name} | {col('tail_loss')} | {col('final_trivial', 'zero')} | "
-                     f"{col('final_trivial', 'position')} | {col('final_loss_ratio')} | {col('wall_seconds')} |")
+        lines.append(f"| {name} | {col(name, 'tail_loss')} | {col(name, 'final_trivial', 'zero')} | "
+                     f"{col(name, 'final_trivial', 'position')} | {col(name, 'final_loss_ratio')} | "
+                     f"{col(name, 'wall_seconds')} |")
     checks = {s: seed_checks(summaries[s], student, teacher) for s in seeds}
     names = list(dict.fromkeys(k for c in checks.values() for k in c))
     if names:

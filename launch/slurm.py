@@ -80,20 +80,29 @@ def executor_for(cfg, run_dir: Path, code: Path | None) -> submitit.AutoExecutor
         if getattr(lc, key):
             params[f"slurm_{key}"] = getattr(lc, key)
     if code is not None:
-        params["slurm_setup"] = [f"export PYTHONPATH={code}${{PYTHONPATH:+:$PYTHONPATH}}"]
+        # `python -m` (how submitit starts a task) puts the working directory first on sys.path, ahead of
+        # PYTHONPATH: submitted from the checkout, the job imported the checkout, not the snapshot.
+        # PYTHONSAFEPATH (Python 3.11+) leaves the working directory out.
+        params["slurm_setup"] = [f"export PYTHONPATH={code}${{PYTHONPATH:+:$PYTHONPATH}}", "export PYTHONSAFEPATH=1"]
     executor.update_parameters(**params)
     return executor
+
+
+def prepared_executor(cfg, run_dir: Path) -> submitit.AutoExecutor:
+    """What every submission does first: ask SLURM (preflight), save config.yaml and the code snapshot in
+    run_dir, build the executor."""
+    preflight(cfg.launcher)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+    code = snapshot_code(run_dir) if cfg.launcher.snapshot_code else None
+    return executor_for(cfg, run_dir, code)
 
 
 def submit(cfg, run_dir: str | Path, kind: str = "train"):
     """Submit a training experiment (kind "train") or a probe evaluation ("eval"); returns the submitit
     job. Fails here, with sbatch's reason, if SLURM refuses."""
-    preflight(cfg.launcher)
     run_dir = Path(run_dir).resolve()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
-    code = snapshot_code(run_dir) if cfg.launcher.snapshot_code else None
-    executor = executor_for(cfg, run_dir, code)
+    executor = prepared_executor(cfg, run_dir)
     job_cfg = OmegaConf.to_container(cfg, resolve=True)
     try:
         job = executor.submit(TrainJob(job_cfg, str(run_dir), kind=kind))
@@ -129,7 +138,7 @@ class TrainJob(submitit.helpers.Checkpointable):
 
     def __call__(self) -> dict:
         if self.kind == "eval":  # no training state: a requeued evaluation simply runs again
-            from launch.eval import EvalConfig, evaluate
+            from vjepa.eval.run import EvalConfig, evaluate
 
             return evaluate(OmegaConf.merge(OmegaConf.structured(EvalConfig), self.cfg), Path(self.run_dir))
         from vjepa.train import preemption
@@ -143,7 +152,7 @@ class TrainJob(submitit.helpers.Checkpointable):
         if dist_env.rank == 0:
             with open(Path(self.run_dir) / "job_attempts.txt", "a") as f:
                 f.write(f"{datetime.datetime.now().isoformat(timespec='seconds')} job {job_env.job_id} "
-                        f"attempt {self.attempt} world {dist_env.world_size} host {job_env.hostname}\n")
+                        f"attempt {self.attempt} world {dist_env.world_size} host {job_env.hostname} code {REPO}\n")
         cfg = OmegaConf.merge(OmegaConf.structured(TrainConfig), self.cfg)
         summary = run_experiment(cfg, self.run_dir)
         if summary.get("preempted"):

@@ -164,7 +164,8 @@ def bad_manifest(root, tmp_path):
     (tmp_path / "garbage.mp4").write_bytes(np.random.default_rng(1).bytes(5000))
     (tmp_path / "trunc.mp4").write_bytes(src[0].read_bytes()[:1500])
     rows = [{"path": str(p), "labels": {"digit": 1}, "captions": ["ok"]} for p in src[:12]]
-    rows += [{"path": n, "labels": {"digit": 1}} for n in ("empty.mp4", "text.mp4", "garbage.mp4", "trunc.mp4", "missing.mp4")]
+    broken = ("empty.mp4", "text.mp4", "garbage.mp4", "trunc.mp4", "missing.mp4")
+    rows += [{"path": n, "labels": {"digit": 1}} for n in broken]
     lines = [json.dumps(r) for r in rows] + ['{"path": "x.mp4", "labels": {"digit": "one"}}', "{not json"]
     (tmp_path / "m.jsonl").write_text("\n".join(lines) + "\n")
     return tmp_path / "m.jsonl"
@@ -230,15 +231,20 @@ def test_dali_batch_decode_equals_per_item_loading_and_falls_back_on_bad_files(t
     src = root / json.loads(rows[0])["path"]
     bad.write_bytes(src.read_bytes()[: src.stat().st_size // 3])
     (root / "mixed.jsonl").write_text("\n".join(rows + [json.dumps({"path": str(bad), "labels": {"digit": 0}})]))
-    real = data.decoders.dali_decode
+    real, runs = data.decoders.dali_decode, []
+
+    def counting_decode(requests):  # counts the pipeline runs of load_batch alone
+        runs.append(len(requests))
+        return real(requests)
+
     for manifest, expect_skips in ((root / "train.jsonl", 0), (root / "mixed.jsonl", 1)):
         loader = build_loader(manifest, backend="dali", num_workers=0, **CLIP)
         ds, keys = loader.dataset, [k for batch in loader._batches(0) for k in batch]
         if expect_skips:
             keys = [k for k in keys if k[0] != len(rows)][:3] + [(len(rows), 0, 99)]  # the bad file last
-        runs = []
-        with monkeypatch.context() as m:  # count the pipeline runs of load_batch alone
-            m.setattr(data.decoders, "dali_decode", lambda requests: runs.append(len(requests)) or real(requests))
+        runs.clear()
+        with monkeypatch.context() as m:
+            m.setattr(data.decoders, "dali_decode", counting_decode)
             batched = ds.load_batch(keys)
         single = [ds[k] for k in keys]
         if not expect_skips:
@@ -252,7 +258,7 @@ def test_dali_batch_decode_equals_per_item_loading_and_falls_back_on_bad_files(t
         if expect_skips:  # the bad file is remembered: later batches decode the good clips in one run again
             runs.clear()
             with monkeypatch.context() as m:
-                m.setattr(data.decoders, "dali_decode", lambda requests: runs.append(len(requests)) or real(requests))
+                m.setattr(data.decoders, "dali_decode", counting_decode)
                 again = ds.load_batch(keys)
             assert runs[0] == len(keys) - 1
             assert all(torch.equal(a["video"][0], b["video"][0]) for a, b in zip(again, single))

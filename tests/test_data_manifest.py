@@ -31,7 +31,8 @@ def test_jsonl_labels_captions_ranges(tmp_path):
     assert items[0].labels == {"digit": 3, "speed": 1} and items[0].captions == ("a", "b")
     assert (items[0].start, items[0].end) == (1.0, 2.5)
     assert items[1].labels == {"label": 2} and items[1].captions == ("one",)
-    assert [(p.where.rsplit(":", 1)[1], p.reason) for p in problems] == [("3", "bad_label"), ("4", "bad_row"), ("5", "bad_row")]
+    assert [(p.where.rsplit(":", 1)[1], p.reason) for p in problems] == [
+        ("3", "bad_label"), ("4", "bad_row"), ("5", "bad_row")]
 
 
 def test_csv_with_header(tmp_path):

@@ -7,13 +7,18 @@ import sys
 import pytest
 import torch
 
-from vjepa.eval.attentive import (AttentiveClassifier, config_from_state, from_hf, load_reference_probes, to_hf,
-                                  to_reference)
+from conftest import REPO
+from vjepa.eval.attentive import (
+    AttentiveClassifier,
+    config_from_state,
+    from_hf,
+    load_reference_probes,
+    to_hf,
+    to_reference,
+)
 from vjepa.eval.knn import knn_top1
 from vjepa.eval.probe import HeadGrid, ProbeSettings, encode_views, predict_views, probe_features, run_probe
 from vjepa.models import vit
-
-from conftest import REPO
 
 TINY_ENCODER = dict(img_size=32, num_frames=4, patch_size=8, tubelet_size=2, embed_dim=64, depth=2, num_heads=4)
 
@@ -175,8 +180,11 @@ def test_transformers_pooler_names_both_ways():
 def test_knn_on_separable_and_random_features():
     g = torch.Generator().manual_seed(6)
     y, vy = torch.randint(0, 5, (200,), generator=g), torch.randint(0, 5, (100,), generator=g)
-    clustered = lambda labels: (torch.nn.functional.one_hot(labels, 16).float() * 3  # one direction per class
-                                + 0.3 * torch.randn(len(labels), 16, generator=g))
+
+    def clustered(labels):
+        return (torch.nn.functional.one_hot(labels, 16).float() * 3  # one direction per class
+                + 0.3 * torch.randn(len(labels), 16, generator=g))
+
     assert knn_top1(clustered(y), y, clustered(vy), vy, k=10) == 100.0
     rx, ry = features(200, 5, tokens=1, dim=16, separable=False, seed=8)
     rvx, rvy = features(500, 5, tokens=1, dim=16, separable=False, seed=9)
@@ -268,13 +276,32 @@ def test_python_m_launch_eval(embedded_data, tmp_path):
 
 
 def test_training_pipeline_probe_runs_the_protocol_with_baseline_rows(embedded_data, tmp_path):
+    from collections import Counter
+
     from test_train import make_cfg
+    from vjepa.eval.attentive import AttentivePooler
+    from vjepa.models.layers import Block
     from vjepa.train.experiment import format_table, probe_all
 
-    cfg = make_cfg(embedded_data, tmp_path, "experiment.probe.epochs=2", "experiment.probe.seeds=2")
+    depth = 2  # not the default 1: one self-attention block before the cross-attention, in every head
+    cfg = make_cfg(embedded_data, tmp_path, "experiment.probe.epochs=2", "experiment.probe.seeds=2",
+                   f"experiment.probe.depth={depth}")
     assert cfg.experiment.probe.families == ["linear", "knn", "attentive"]
+    # what the attentive heads ran while they trained (the encoders extract features without gradients)
+    ran = Counter()
+
+    def count_training_forwards(module, args, output):
+        if torch.is_grad_enabled() and isinstance(module, (AttentivePooler, Block)):
+            ran[type(module).__name__] += 1
+
+    hook = torch.nn.modules.module.register_module_forward_hook(count_training_forwards)
     info = {}
-    out = probe_all(cfg, {}, torch.device("cpu"), info)
+    try:
+        out = probe_all(cfg, {}, torch.device("cpu"), info)
+    finally:
+        hook.remove()
+    assert ran["AttentivePooler"] > 0 and ran["Block"] == (depth - 1) * ran["AttentivePooler"], ran
+    assert info["settings"]["attentive"]["depth"] == depth
     assert list(out) == ["random-init", "raw-pixels"]
     for row in out.values():
         assert list(row) == ["linear", "knn", "attentive"]

@@ -10,8 +10,16 @@ import torch
 from vjepa.eval import protocol
 from vjepa.eval.baselines import PixelEncoder, token_positions
 from vjepa.eval.probe import ProbeSettings
-from vjepa.eval.protocol import (Features, ProtocolSettings, binomial_se, format_tables, heldout_split, mean_se,
-                                 run_protocol, select_best)
+from vjepa.eval.protocol import (
+    Features,
+    ProtocolSettings,
+    binomial_se,
+    format_tables,
+    heldout_split,
+    mean_se,
+    run_protocol,
+    select_best,
+)
 from vjepa.models import vit
 
 TINY_ENCODER = dict(img_size=32, num_frames=4, patch_size=8, tubelet_size=2, embed_dim=64, depth=2, num_heads=4)
@@ -213,7 +221,9 @@ def test_clip_set_decodes_once_and_feeds_encoders_like_the_loader(embedded_data)
 # ---- tables and config ------------------------------------------------------------------------------------------
 
 def test_tables_have_the_baseline_rows_and_say_how_heads_were_chosen():
-    cell = lambda m, se: {"mean": m, "se": se, "seeds": [m] * 3, "n_val": 600, "binomial_se": binomial_se(m, 600)}
+    def cell(m, se):
+        return {"mean": m, "se": se, "seeds": [m] * 3, "n_val": 600, "binomial_se": binomial_se(m, 600)}
+
     probe = {row: {fam: {"digit": cell(10.0 + i, 0.5), "speed": cell(50.0, float("nan"))}
                    for fam in ("linear", "knn", "attentive")}
              for i, row in enumerate(["random-init", "raw-pixels", "teacher", "student"])}
@@ -223,9 +233,9 @@ def test_tables_have_the_baseline_rows_and_say_how_heads_were_chosen():
         assert f"{family} probe: val top-1 % (mean ± se over 3 seeds)" in text
     assert "n_val digit 600, speed 600" in text and "binomial se" in text
     lines = text.splitlines()
-    rows = [l.split()[0] for l in lines if l.startswith(("random-init", "raw pixels", "teacher", "student"))]
+    rows = [line.split()[0] for line in lines if line.startswith(("random-init", "raw pixels", "teacher", "student"))]
     assert rows == ["random-init", "raw", "teacher", "student"] * 3
-    assert any(l.startswith("raw pixels") and "11.0 ± 0.5" in l and "50.0 ± -" in l for l in lines)
+    assert any(line.startswith("raw pixels") and "11.0 ± 0.5" in line and "50.0 ± -" in line for line in lines)
 
     from vjepa.train.experiment import format_table
 

@@ -13,16 +13,21 @@ import sys
 import numpy as np
 import pytest
 import torch
+from transformers import VJEPA2Config, VJEPA2Model
 
-from vjepa.interop import (CheckpointMismatchError, build_encoder_from_config, load_into, load_native,
-                           load_pretrained, save_hf, save_native)
-from vjepa.interop import official
+from vjepa.interop import (
+    CheckpointMismatchError,
+    build_encoder_from_config,
+    load_into,
+    load_native,
+    load_pretrained,
+    official,
+    save_hf,
+    save_native,
+)
 from vjepa.interop.configs import mlp_ratio_for
 from vjepa.models.predictor import Predictor
 from vjepa.models.vit import VisionTransformer
-
-transformers = pytest.importorskip("transformers")
-from transformers import VJEPA2Config, VJEPA2Model  # noqa: E402
 
 TOL = 1e-5
 ENC = dict(img_size=32, num_frames=4, patch_size=8, tubelet_size=2, embed_dim=64, depth=2, num_heads=4)

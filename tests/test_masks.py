@@ -60,9 +60,9 @@ def test_reference_multiblock_masks_most_tokens():
     sampler = MaskSampler(build_masks("multiblock", (8, 14, 14)), seed=0)
     short, long = [], []
     for step in range(100):
-        s, l = sampler.sample(2, step)
-        short.append(s.target.shape[1] / 1568)
-        long.append(l.target.shape[1] / 1568)
+        short_masks, long_masks = sampler.sample(2, step)
+        short.append(short_masks.target.shape[1] / 1568)
+        long.append(long_masks.target.shape[1] / 1568)
     assert 0.45 < sum(short) / 100 < 0.75
     assert 0.65 < sum(long) / 100 < 0.9
     assert sum(long) > sum(short)

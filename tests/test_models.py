@@ -220,7 +220,8 @@ def test_raw_pixel_targets_are_the_patchified_input():
     video = torch.randn(2, 3, 4, 16, 16)
     raw = pixel_targets(video, 2, 8, "raw")
     torch.testing.assert_close(raw, patchify(video, 2, 8).flatten(-2))
-    torch.testing.assert_close(pixel_targets(video, 2, 8, "patch_norm", 0.1), normalized_pixel_targets(video, 2, 8, 0.1))
+    torch.testing.assert_close(pixel_targets(video, 2, 8, "patch_norm", 0.1),
+                               normalized_pixel_targets(video, 2, 8, 0.1))
     with pytest.raises(ValueError, match="pixel target 'pca'"):
         pixel_targets(video, 2, 8, "pca")
 

@@ -54,7 +54,9 @@ def test_bucketed_masks_cut_to_bucket_lengths_reproducibly():
         assert torch.equal(a.context, b.context) and torch.equal(a.target, b.target)
 
 
-def test_compiled_method_matches_eager_and_does_not_recompile_each_step():
+def test_compiled_method_matches_eager_and_compiles_once_per_bucket():
+    """Multi-block masks, whose lengths change from step to step: the compiled networks meet only bucketed
+    lengths and compile one graph per (network, bucketed shape) they meet, never one per step."""
     from torch._dynamo.utils import counters
 
     eager = tiny_method()
@@ -63,11 +65,22 @@ def test_compiled_method_matches_eager_and_does_not_recompile_each_step():
     # in-place compile: checkpoints keep their keys
     assert compiled.state_dict().keys() == eager.state_dict().keys()
     opts = [build_optimizer([m.encoder, m.predictor], 1e-3) for m in (eager, compiled)]
-    masks = BucketedMasks(MaskSampler(build_masks("tube", (2, 4, 4), ratio=0.5), seed=0), 8)
+    grid, bucket, steps = (2, 4, 4), 8, 5
+    plain = MaskSampler(build_masks("multiblock", grid), seed=1)  # the same draws, uncut
+    masks = BucketedMasks(MaskSampler(build_masks("multiblock", grid), seed=1), bucket)
+    raw = [[(m.context.shape[1], m.target.shape[1]) for m in plain(2)] for _ in range(steps)]
+    cut = [[(c if c < bucket else c - c % bucket, t if t < bucket else t - t % bucket) for c, t in s] for s in raw]
+    # the graphs a step may add: the encoder one per context length, the predictor one per (mask index,
+    # context, target) lengths, the teacher one (whole clips)
+    keys = [{("encoder", c) for c, _ in s} | {("predictor", i, c, t) for i, (c, t) in enumerate(s)} for s in cut]
+    # the drawn lengths change at every step; cut to buckets, a few of them repeat
+    assert len({tuple(s) for s in raw}) == steps and len({c for s in cut for c, _ in s}) >= 2
     video = torch.randn(2, 3, 4, 32, 32, generator=torch.Generator().manual_seed(0))
-    graphs = []
-    for step in range(4):
+    base = counters["stats"]["unique_graphs"]
+    graphs, seen = [], {("teacher",)}
+    for step in range(steps):
         ms = masks(2)
+        assert [(m.context.shape[1], m.target.shape[1]) for m in ms] == cut[step]
         losses = []
         for method, opt in zip((eager, compiled), opts):
             opt.zero_grad(set_to_none=True)
@@ -76,12 +89,14 @@ def test_compiled_method_matches_eager_and_does_not_recompile_each_step():
             opt.step()
             losses.append(loss.detach())
         torch.testing.assert_close(losses[1], losses[0], rtol=1e-5, atol=1e-6)
-        graphs.append(counters["stats"]["unique_graphs"])
+        seen |= keys[step]
+        graphs.append(counters["stats"]["unique_graphs"] - base)
+        assert graphs[-1] <= len(seen), f"step {step}: {graphs[-1]} graphs for {len(seen)} shapes {sorted(seen)}"
+        if step and not keys[step] - set().union(*keys[:step]):  # no new shape: no new graph
+            assert graphs[-1] == graphs[-2], f"step {step} recompiled with known shapes {cut[step]}"
+    assert graphs[-1] > graphs[0]  # later steps met new buckets and compiled them, once each
     for (n, a), b in zip(eager.named_parameters(), compiled.parameters()):
         torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-6, msg=n)
-    # step 2 recompiles once (step 1 filled the encoder's sin-cos table cache, a guarded dict); from then on
-    # every step reuses the graphs
-    assert graphs[0] > 0 and graphs[3] == graphs[2] == graphs[1]
 
 
 @pytest.mark.slow

@@ -1,4 +1,4 @@
-"""GPU-only checks of the fast paths (`pytest -m gpu`; skipped without CUDA). Run by scripts/gpu_check.sh.
+"""GPU-only checks of the fast paths (`pytest -m gpu`; skipped without CUDA). Run by .ci/gpu_check.sh.
 
 Each compares a fast path with the plain one: flash attention vs the math kernel, inductor-compiled vs eager
 in bf16, cached teacher targets (built on the GPU) vs the online teacher, NVDEC frames vs decord's."""
@@ -14,7 +14,7 @@ from vjepa.models import Predictor, vit
 from vjepa.train.optim import build_optimizer
 
 pytestmark = [pytest.mark.gpu,
-              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (scripts/gpu_check.sh)")]
+              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (.ci/gpu_check.sh)")]
 CUDA = torch.device("cuda")
 
 

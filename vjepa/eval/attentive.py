@@ -297,7 +297,8 @@ def to_hf(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def from_hf(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """`VJEPA2ForVideoClassification` state (whole model or head only) -> our classifier state (encoder keys dropped)."""
+    """`VJEPA2ForVideoClassification` state (whole model or head only) -> our classifier state (encoder keys
+    dropped)."""
     out, pending = {}, {}
     for k, v in state.items():
         parts = k.split(".")

@@ -52,7 +52,8 @@ def quick_probe(encoder, train_loader, val_loader, device, k: int = 20, linear: 
         out[f"knn/{name}"] = knn_top1(tx, ty[name], vx, vy[name], k)
         if linear:
             keep_t, keep_v = ty[name] >= 0, vy[name] >= 0
-            out[f"linear/{name}"] = linear_probe(tx[keep_t], ty[name][keep_t], vx[keep_v], vy[name][keep_v], max_iter=500)
+            out[f"linear/{name}"] = linear_probe(tx[keep_t], ty[name][keep_t], vx[keep_v], vy[name][keep_v],
+                                                 max_iter=500)
     return out
 
 

@@ -13,11 +13,13 @@ from sklearn.preprocessing import StandardScaler
 
 
 @torch.no_grad()
-def extract_features(encoder: torch.nn.Module, loader, device: torch.device) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+def extract_features(encoder: torch.nn.Module, loader,
+                     device: torch.device) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Mean-pooled token features [N, D] and labels {name: [N]} over a loader of {"video", "labels"} batches."""
     encoder.eval()
     feats, labels = [], {}
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda"
+                else torch.autocast("cpu", enabled=False))
     for batch in loader:
         with autocast:
             z = encoder(batch["video"].to(device, non_blocking=True))

@@ -65,7 +65,8 @@ class ProbeSettings:
         if not self.lrs or not self.wds:
             raise ValueError("the probe grid needs at least one learning rate and one weight decay")
         if self.depth < 1 or self.epochs < 1 or self.batch_size < 1:
-            raise ValueError(f"probe depth/epochs/batch_size must be >= 1 ({self.depth}/{self.epochs}/{self.batch_size})")
+            raise ValueError("probe depth/epochs/batch_size must be >= 1 "
+                             f"({self.depth}/{self.epochs}/{self.batch_size})")
 
     @property
     def grid(self) -> list[tuple[float, float]]:
@@ -414,8 +415,10 @@ def run_probe(encoder, train_loader, val_loader, settings: ProbeSettings, device
 
 
 def probe_features(train_feats: torch.Tensor, train_labels: dict, val_feats: torch.Tensor, val_labels: dict,
-                   settings: ProbeSettings, device: torch.device = torch.device("cpu")) -> dict:
-    """The head grid on ready features [N, V, L, D] (no encoder): what `run_probe` does after extraction."""
+                   settings: ProbeSettings, device: torch.device | None = None) -> dict:
+    """The head grid on ready features [N, V, L, D] (no encoder): what `run_probe` does after extraction.
+    `device` defaults to the CPU."""
+    device = torch.device("cpu") if device is None else device
     settings.check()
     if settings.num_heads is None:
         settings = replace(settings, num_heads=1)

@@ -27,8 +27,16 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import torch
 
-from vjepa.eval.probe import (FeatureStore, ProbeSettings, cached_batches, extract, head_threads,
-                              normalize_tokens, predict_views, train_heads)
+from vjepa.eval.probe import (
+    FeatureStore,
+    ProbeSettings,
+    cached_batches,
+    extract,
+    head_threads,
+    normalize_tokens,
+    predict_views,
+    train_heads,
+)
 
 log = logging.getLogger(__name__)
 
@@ -444,10 +452,11 @@ def format_tables(probe: dict, settings: dict | None = None) -> list[str]:
                       f"heads chosen on a held-out {frac:.0%} of train, never on val",
                   "n_val " + ", ".join(f"{n} {v}" for n, v in n_val.items())
                   + (f"; val sampling noise (binomial se) up to {max(noise):.1f} points" if noise else "")]
-        width = max([14] + [len(l) + 2 for l in labels])
-        lines.append("encoder".ljust(14) + "".join(f"{l:>{width}}" for l in labels))
+        width = max([14] + [len(label) + 2 for label in labels])
+        lines.append("encoder".ljust(14) + "".join(f"{label:>{width}}" for label in labels))
         for model, c in cells.items():
-            lines.append(f"{ROW_NAMES.get(model, model):<14}" + "".join(f"{_cell(c.get(l)):>{width}}" for l in labels))
+            lines.append(f"{ROW_NAMES.get(model, model):<14}"
+                         + "".join(f"{_cell(c.get(label)):>{width}}" for label in labels))
     return lines
 
 

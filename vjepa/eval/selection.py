@@ -53,7 +53,8 @@ def model_selection(run_dir: str | Path, stage: str = "student", window: int = 2
     stats = {}
     for label in labels + ["mean"]:
         acc = np.array([np.mean(list(p["probe"].values())) if label == "mean" else p["probe"][label] for p in points])
-        r = float(np.corrcoef(losses, acc)[0, 1]) if acc.std() > 0 and losses.std() > 0 else float("nan")
+        # constant values have no correlation (nan); ptp, not std: the std of equal floats can be a rounding error
+        r = float(np.corrcoef(losses, acc)[0, 1]) if np.ptp(acc) > 0 and np.ptp(losses) > 0 else float("nan")
         stats[label] = {"pearson_r": r, "r2": r * r}
     return {"stage": stage, "points": points, "loss_vs_probe": stats}
 

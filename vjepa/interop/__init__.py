@@ -7,10 +7,24 @@
 Everything is strict (CheckpointMismatchError lists every missing / unexpected / mis-shaped key) and files are
 read with torch.load(weights_only=True). See docs/interop.md.
 """
-from vjepa.interop.api import (FORMATS, TARGETS, Pretrained, convert, detect_format, export, load_into,
-                               load_pretrained, save_hf, save_official)
-from vjepa.interop.configs import (build_encoder_from_config, build_predictor_from_config, encoder_config,
-                                   predictor_config)
+from vjepa.interop.api import (
+    FORMATS,
+    TARGETS,
+    Pretrained,
+    convert,
+    detect_format,
+    export,
+    load_into,
+    load_pretrained,
+    save_hf,
+    save_official,
+)
+from vjepa.interop.configs import (
+    build_encoder_from_config,
+    build_predictor_from_config,
+    encoder_config,
+    predictor_config,
+)
 from vjepa.interop.keys import CheckpointMismatchError, safe_load
 from vjepa.interop.native import load_native, save_native
 

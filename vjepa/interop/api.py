@@ -18,8 +18,14 @@ import torch
 
 from vjepa.interop import hf as hf_mod
 from vjepa.interop import official
-from vjepa.interop.configs import (VJEPA2_PREDICTOR_HEADS, encoder_config, infer_encoder_config,
-                                   infer_predictor_config, instantiate, predictor_config)
+from vjepa.interop.configs import (
+    VJEPA2_PREDICTOR_HEADS,
+    encoder_config,
+    infer_encoder_config,
+    infer_predictor_config,
+    instantiate,
+    predictor_config,
+)
 from vjepa.interop.keys import check_state_dict, matches, safe_load, strip_prefixes
 from vjepa.interop.native import is_native, is_trainer, native_dict, save_native, trainer_entry
 

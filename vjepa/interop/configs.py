@@ -12,9 +12,9 @@ from collections.abc import Mapping
 
 import torch
 
+from vjepa.interop.keys import block_count, check_state_dict
 from vjepa.models.predictor import Predictor
 from vjepa.models.vit import PRESETS, VisionTransformer, vit
-from vjepa.interop.keys import block_count, check_state_dict
 
 # Head counts of the released models by width. V-JEPA 2's giant/gigantic are the "xformers" variants
 # (head dim 64); the sin-cos (V-JEPA 1 era) definitions use 16 heads.

@@ -13,17 +13,21 @@ from collections.abc import Iterable, Mapping
 
 import torch
 
-from vjepa.train.checkpoint import CheckpointError
-
 # prefixes added by DDP (`module.`), the reference's multi-mask wrappers (`backbone.`) and torch.compile
 WRAPPER_PREFIXES = ("module.", "backbone.", "_orig_mod.")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint cannot be used: missing, damaged, or not fitting the model or the run (the trainer's
+    checkpoints, vjepa/train/checkpoint.py, raise it too)."""
 
 
 class CheckpointMismatchError(ValueError, CheckpointError):
     """A checkpoint does not fit the model: lists every missing, unexpected and mis-shaped key."""
 
     def __init__(self, what: str, missing=(), unexpected=(), mismatched=(), hint: str = ""):
-        self.what, self.missing, self.unexpected, self.mismatched = what, list(missing), list(unexpected), list(mismatched)
+        self.what = what
+        self.missing, self.unexpected, self.mismatched = list(missing), list(unexpected), list(mismatched)
         lines = [f"{what}: the checkpoint does not fit the model"]
         if self.missing:
             lines.append(f"  missing ({len(self.missing)}): " + ", ".join(self.missing))
@@ -85,7 +89,8 @@ def block_count(state: Mapping[str, torch.Tensor], prefix: str) -> int:
 
 
 # numpy arrays / scalars / dtypes (e.g. a trainer's saved numpy RNG state) are data, not code: allowed
-_NUMPY_DATA = re.compile(r"^numpy(\._core|\.core)?\.(multiarray\.(_reconstruct|scalar)|ndarray|dtype|dtypes\.\w+DType)$")
+_NUMPY_DATA = re.compile(r"^numpy(\._core|\.core)?\."
+                         r"(multiarray\.(_reconstruct|scalar)|ndarray|dtype|dtypes\.\w+DType)$")
 
 
 def _numpy_globals(path: str) -> list | None:

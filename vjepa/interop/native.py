@@ -15,8 +15,13 @@ from collections.abc import Mapping
 
 import torch
 
-from vjepa.interop.configs import (build_encoder_from_config, build_predictor_from_config, encoder_config,
-                                   instantiate, predictor_config)
+from vjepa.interop.configs import (
+    build_encoder_from_config,
+    build_predictor_from_config,
+    encoder_config,
+    instantiate,
+    predictor_config,
+)
 from vjepa.interop.keys import WRAPPER_PREFIXES, safe_load, strip_prefixes
 
 FORMAT, VERSION = "vjepa", 1

@@ -5,6 +5,9 @@ training process (not in DataLoader workers, whose copies would each keep their 
 after k batches is just k and resuming restores it exactly. A rank's i-th sample sits at global
 position i * world_size + rank, which is where a distributed sampler interleaving ranks puts it, so a
 run on 2 ranks x B draws the same per-sample masks as 1 rank x 2B (block sizes are per step).
+
+A run mixing datasets batch by batch (data/mixture.py) gives each source its own generators (`sources`),
+on its own token grid; a batch's `source` picks them, the step is shared.
 """
 from __future__ import annotations
 
@@ -14,17 +17,29 @@ from vjepa.masks.generators import Mask, MultiBlock2D, MultiBlock3D, TubeMask
 
 
 class MaskSampler:
-    def __init__(self, generators: list, seed: int = 0, rank: int = 0, world_size: int = 1):
-        if not generators:
-            raise ValueError("MaskSampler needs at least one mask generator")
+    def __init__(self, generators: list, seed: int = 0, rank: int = 0, world_size: int = 1,
+                 sources: list[list] | None = None):
+        if not generators or (sources is not None and not all(sources)):
+            raise ValueError("MaskSampler needs at least one mask generator (per source)")
         self.generators, self.seed = list(generators), seed
+        self.sources = None if sources is None else [list(g) for g in sources]
         self.rank, self.world_size = rank, world_size
         self.step = 0
 
-    def sample(self, batch_size: int, step: int) -> list[Mask]:
-        """One Mask per generator for batch number `step` (does not move the internal counter)."""
+    def sample(self, batch_size: int, step: int, source: int | None = None, grid=None) -> list[Mask]:
+        """One Mask per generator (of data source `source`, if given) for batch number `step` (does not
+        move the internal counter). `grid`: the batch's token grid, which the generators must draw on (masks
+        of another grid would index the wrong tokens, silently when their ids happen to fit)."""
+        if source is not None and self.sources is None:
+            raise ValueError(f"a batch of data source {source}, but this sampler has no per-source generators")
+        generators = self.generators if source is None else self.sources[source]
+        for gen in generators:
+            if grid is not None and tuple(getattr(gen, "grid", grid)) != tuple(grid):
+                raise ValueError(f"{type(gen).__name__} masks are drawn on a {tuple(gen.grid)} token grid, this batch "
+                                 f"has {tuple(grid)}" + (f" (data source {source})" if source is not None else "")
+                                 + ": data.frames_per_clip / crop_size disagree with the clips")
         masks = []
-        for k, gen in enumerate(self.generators):
+        for k, gen in enumerate(generators):
             base = ((self.seed * 1_000_003 + step) * 101 + k) * 1_000_033
             batch_g = torch.Generator().manual_seed(base)
             sample_gs = [torch.Generator().manual_seed(base + 1 + i * self.world_size + self.rank)
@@ -32,8 +47,8 @@ class MaskSampler:
             masks.append(gen(batch_g, sample_gs))
         return masks
 
-    def __call__(self, batch_size: int) -> list[Mask]:
-        masks = self.sample(batch_size, self.step)
+    def __call__(self, batch_size: int, source: int | None = None, grid=None) -> list[Mask]:
+        masks = self.sample(batch_size, self.step, source, grid)
         self.step += 1
         return masks
 

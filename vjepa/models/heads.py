@@ -33,7 +33,8 @@ def patchify(video: torch.Tensor, tubelet_size: int, patch_size: int) -> torch.T
     return x.reshape(b, (t // q) * (h // p) * (w // p), q * p * p, c)
 
 
-def normalized_pixel_targets(video: torch.Tensor, tubelet_size: int, patch_size: int, eps: float = 1e-6) -> torch.Tensor:
+def normalized_pixel_targets(video: torch.Tensor, tubelet_size: int, patch_size: int,
+                             eps: float = 1e-6) -> torch.Tensor:
     """VideoMAE targets: each tubelet's pixels normalised per channel by the tubelet's own mean and std.
 
     Returns [B, N, tubelet*patch*patch*C].

@@ -76,7 +76,7 @@ def plot_ordering(result: dict, path) -> None:
         top.legend(fontsize=7)
         bottom.axis("off")
 
-    labels = [f"{name}: lam={l:g}, rho={r:g}" for name, l, r in zip("AB", result["lam"], result["rho"])]
+    labels = [f"{name}: lam={lam:g}, rho={rho:g}" for name, lam, rho in zip("AB", result["lam"], result["rho"])]
     _trajectory_grid(result, labels, path, "A: high lambda / low rho (noisy); B: low lambda / high rho",
                      extra=summary)
 

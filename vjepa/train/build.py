@@ -5,10 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from vjepa.masks import build_masks
-from vjepa.methods import LatentPrediction, Method, PixelReconstruction
+from vjepa.methods import Method
+from vjepa.methods.registry import method_spec
 from vjepa.models import Predictor, VisionTransformer, vit
 from vjepa.models.heads import pixels_per_token
 from vjepa.models.layers import initialise
+from vjepa.models.vit import token_grid
 from vjepa.train.checkpoint import CheckpointError
 
 
@@ -38,11 +40,37 @@ def head_kwargs(head_cfg, encoder: VisionTransformer, out_dim: int | None, num_m
                 uniform_power=encoder.uniform_power, rope_variant=getattr(encoder.rope, "variant", "rotary"))
 
 
-def mask_generators(cfg, stage, encoder: VisionTransformer) -> list:
-    kind = stage.mask or cfg.mask.kind
+def mask_generators(cfg, stage, encoder: VisionTransformer, kind: str | None = None, grid=None) -> list:
+    """The stage's masks on the encoder's grid; `kind`/`grid`: another recipe / token grid (a data source's)."""
+    kind = kind or stage.mask or cfg.mask.kind
     ratio = getattr(stage, "mask_ratio", None)
     kwargs = {"ratio": cfg.mask.ratio if ratio is None else ratio} if kind == "tube" else {}
-    return build_masks(kind, encoder.grid, **kwargs)
+    return build_masks(kind, grid or encoder.grid, **kwargs)
+
+
+def source_mask_generators(cfg, stage, encoder: VisionTransformer, sources) -> list[list] | None:
+    """Each source's mask generators in a batch-mixed run (vjepa/train/data.py), on its own token grid, or
+    None for one dataset. A source draws at most as many masks as the stage's recipe: the predictor has one
+    mask token per mask. With FSDP exactly as many: every rank runs the encoder once per mask, and the
+    sharded parameters are gathered for each run, so the ranks' counts must agree."""
+    if sources is None:
+        return None
+    tokens = len(mask_generators(cfg, stage, encoder))
+    out = []
+    for k, source in enumerate(sources):
+        key = f"config key data.sources[{k}].mask ({source.path})"
+        grid = token_grid(source.loader["frames_per_clip"], source.loader["size"], encoder.patch_size,
+                          encoder.tubelet_size)
+        try:
+            generators = mask_generators(cfg, stage, encoder, source.mask, grid)
+        except ValueError as e:
+            raise ValueError(f"{key}: {e}") from None
+        if len(generators) > tokens or (cfg.perf.fsdp and len(generators) != tokens):
+            raise ValueError(f"{key}: {source.mask} draws {len(generators)} masks per batch, the stage's recipe "
+                             f"{stage.mask or cfg.mask.kind} {tokens}" + (" (perf.fsdp: they must be equal)"
+                                                                          if cfg.perf.fsdp else ""))
+        out.append(generators)
+    return out
 
 
 def load_teacher(path: str | Path) -> VisionTransformer:
@@ -70,24 +98,22 @@ def build_method(cfg, stage, teacher_file: str | Path | None = None, init_file: 
         load_into(encoder, init_file)  # checks the architecture, then the keys, strictly
     generators = mask_generators(cfg, stage, encoder)
     configs = {"encoder": enc_kw}
-    if stage.method == "pixel":
+    spec = method_spec(stage.method, f"stage {stage.name!r}: method")
+    if spec.targets == "pixels":
         dec_kw = head_kwargs(cfg.decoder, encoder, pixels_per_token(encoder), len(generators))
         configs["decoder"] = dec_kw
         decoder = initialise(Predictor(**dec_kw), init)
-        return PixelReconstruction(encoder, decoder, stage.pixel_norm_eps, stage.pixel_targets), configs, generators
-    if stage.method == "contrastive":  # TC-JEPA's CLIP-style baseline: same encoder, same text model, no masks
-        from vjepa.methods.contrastive import ContrastiveImageText
+        return spec.cls(encoder, decoder, stage.pixel_norm_eps, stage.pixel_targets), configs, generators
+    text = {}
+    if spec.text:
         from vjepa.models.text import TextEncoder
 
-        return ContrastiveImageText(encoder, TextEncoder(cfg.text.model, max_tokens=cfg.text.max_tokens)), \
-            configs, generators
+        text = {"text_encoder": TextEncoder(cfg.text.model, max_tokens=cfg.text.max_tokens)}
+    if spec.targets == "captions":  # the contrastive baseline: the same encoder and text model, no masks
+        return spec.cls(encoder, **text), configs, generators
+    teacher_file = teacher_file or frozen_teacher_file(spec, stage)
     teacher = None
-    if stage.method == "tcjepa" and stage.teacher and teacher_file is None:
-        if not Path(stage.teacher).exists():  # an earlier stage's name: the experiment runner resolves it
-            raise ValueError(f"stage {stage.name!r}: teacher {stage.teacher!r} is not a checkpoint and no teacher "
-                             "file was passed for it")
-        teacher_file = stage.teacher
-    if stage.method == "salt" or (stage.method == "tcjepa" and teacher_file is not None):
+    if teacher_file is not None:
         teacher = load_teacher(teacher_file)
         if (teacher.patch_size, teacher.tubelet_size) != (encoder.patch_size, encoder.tubelet_size):
             raise ValueError(f"teacher {teacher_file} uses {teacher.tubelet_size}x{teacher.patch_size}^2 tubelets, "
@@ -97,15 +123,23 @@ def build_method(cfg, stage, teacher_file: str | Path | None = None, init_file: 
     configs["predictor"] = pred_kw
     if teacher is None:
         configs["target_encoder"] = enc_kw
-    if stage.method == "tcjepa":
-        from vjepa.methods.tcjepa import TextConditionedPrediction
-        from vjepa.models.text import TextEncoder
-
-        text = cfg.text
-        method = TextConditionedPrediction(
-            encoder, initialise(Predictor(**pred_kw), init), TextEncoder(text.model, max_tokens=text.max_tokens), teacher=teacher,
-            ema=stage.ema, loss=stage.loss, max_captions=text.max_captions, sparsity=text.sparsity,
-            consistency=text.consistency, center_keys=text.center_keys)
-        return method, configs, generators
-    method = LatentPrediction(encoder, initialise(Predictor(**pred_kw), init), teacher=teacher, ema=stage.ema, loss=stage.loss)
+    if spec.text:
+        t = cfg.text
+        text.update(max_captions=t.max_captions, sparsity=t.sparsity, consistency=t.consistency,
+                    center_keys=t.center_keys)
+    method = spec.cls(encoder, initialise(Predictor(**pred_kw), init), teacher=teacher, ema=stage.ema,
+                      loss=stage.loss, **text)
     return method, configs, generators
+
+
+def frozen_teacher_file(spec, stage) -> str | None:
+    """The checkpoint `stage.teacher` names when no file was passed (None: an EMA teacher). An earlier
+    stage's name is the experiment runner's to resolve to that stage's final.pt."""
+    if spec.teacher == "none" or not stage.teacher:
+        if spec.teacher == "required":
+            raise ValueError(f"stage {stage.name!r}: a {spec.name} stage needs a teacher")
+        return None
+    if not Path(stage.teacher).exists():
+        raise ValueError(f"stage {stage.name!r}: teacher {stage.teacher!r} is not a checkpoint and no teacher "
+                         "file was passed for it")
+    return stage.teacher

@@ -38,9 +38,9 @@ class BucketedMasks:
             raise ValueError(f"mask bucket must be >= 1, got {bucket}")
         self.sampler, self.bucket = sampler, bucket
 
-    def __call__(self, batch_size: int) -> list[Mask]:
+    def __call__(self, batch_size: int, source: int | None = None, grid=None) -> list[Mask]:
         step = self.sampler.step
-        masks = self.sampler(batch_size)
+        masks = self.sampler(batch_size, source, grid)
         # its own stream: (seed, step) -> the same cut after a resume, independent of the mask draws
         g = torch.Generator().manual_seed((self.sampler.seed * 1_000_003 + step) * 7919 + 17)
         out = []

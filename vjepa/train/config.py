@@ -33,10 +33,29 @@ class HeadConfig:
 
 
 @dataclass
+class SourceConfig:
+    """One dataset of a batch-mixed run (data.sources[k] belongs to data.train[k]; docs/data.md): its own
+    settings, null = data's."""
+    frames_per_clip: Optional[int] = None  # images: 1 (the model fills one tubelet by repetition)
+    frame_step: Optional[int] = None  # setting one of frame_step / fps / duration replaces data's choice
+    fps: Optional[float] = None
+    duration: Optional[float] = None
+    crop_size: Optional[int] = None
+    batch_size: Optional[int] = None
+    num_workers: Optional[int] = None
+    mask: Optional[str] = None  # multiblock | tube | ijepa; null: ijepa for single frames, else the stage's
+
+
+@dataclass
 class DataConfig:
     root: str = "runs/embedded-data-1600"  # the embedded dataset, generated here when train is empty
-    train: List[str] = field(default_factory=list)  # manifests; empty = the embedded dataset
-    weights: Optional[List[float]] = None
+    train: List[str] = field(default_factory=list)  # manifests (or image folders); empty = the embedded dataset
+    weights: Optional[List[float]] = None  # one per data.train entry
+    # items: data.train is one dataset, weighted per item (V-JEPA's sampler); batches: each batch from one
+    # entry, drawn by weight (data/mixture.py); auto: batches when the entries mix images and videos or
+    # data.sources is given, else items
+    mix: str = "auto"
+    sources: List[SourceConfig] = field(default_factory=list)  # per data.train entry (batches only)
     val: Optional[str] = None
     frames_per_clip: int = 16
     frame_step: Optional[int] = 1
@@ -45,9 +64,12 @@ class DataConfig:
     crop_size: int = 64
     batch_size: int = 16
     num_workers: int = 2
-    backend: str = "decord"  # decord | pyav | dali
+    backend: str = "pyav"  # pyav (fastest on CPU) | decord | dali; a file one cannot read falls back to another
     dali_device: str = "cpu"  # backend=dali: cpu (VP8/VP9/MJPEG) or mixed (NVDEC; frames stay on the training GPU)
     max_consecutive_failures: int = 20
+    # seconds without a batch, every worker alive, before the run stops naming the batch and its files (a worker
+    # hangs: a stalled file system, a stuck decoder); 0: wait forever
+    worker_timeout: float = 600.0
 
 
 @dataclass
@@ -75,8 +97,10 @@ class StageConfig:
     method: str = "salt"  # pixel | salt | vjepa | tcjepa | contrastive (TC-JEPA's CLIP-style baseline)
     fraction: float = 1.0  # of experiment.total_steps
     size: Optional[str] = None  # override model.size for this stage (e.g. a smaller teacher)
-    teacher: Optional[str] = None  # salt: an earlier stage's name, or a checkpoint (ours, official V-JEPA 1/2, HF folder)
-    init: Optional[str] = None  # initialise the encoder from an earlier stage's name or a checkpoint (any format vjepa.interop reads)
+    # salt: an earlier stage's name, or a checkpoint (ours, official V-JEPA 1/2, HF folder)
+    teacher: Optional[str] = None
+    # initialise the encoder from an earlier stage's name or a checkpoint (any format vjepa.interop reads)
+    init: Optional[str] = None
     mask: Optional[str] = None  # override mask.kind for this stage
     mask_ratio: Optional[float] = None  # override mask.ratio (tube masks) for this stage
     loss: str = "l1"
@@ -185,11 +209,15 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"  # auto (CUDA if present) | cpu | cuda | cuda:N
     resume: bool = True  # continue from the run dir's checkpoints when there are any
+    # a checkpoint to resume its stage from when that stage's latest.pt is older, missing or damaged (e.g. a
+    # kept step_N.pt; the error about a damaged latest.pt names the newest intact one)
+    resume_from: Optional[str] = None
     log_every: int = 10
     checkpoint_every: int = 100
     keep_every: Optional[int] = None  # also keep step_N.pt every this many steps
     nonfinite: str = "stop"  # stop | skip
-    stop_at_step: Optional[int] = None  # leave the run (checkpointed) once a stage reaches this step, as a preemption would
+    # leave the run (checkpointed) once a stage reaches this step, as a preemption would
+    stop_at_step: Optional[int] = None
     model: ModelConfig = field(default_factory=ModelConfig)
     predictor: HeadConfig = field(default_factory=HeadConfig)
     decoder: HeadConfig = field(default_factory=lambda: HeadConfig(embed_dim=192, depth=4, num_heads=6))
@@ -200,6 +228,43 @@ class TrainConfig:
     launcher: LauncherConfig = field(default_factory=LauncherConfig)
     text: TextConfig = field(default_factory=TextConfig)
     perf: PerfConfig = field(default_factory=PerfConfig)
+
+
+def check_teacher(spec, teacher: str | None, earlier: list[str], key: str, fail) -> None:
+    """`stage.teacher` against what the stage's method takes (vjepa/methods/registry.py)."""
+    if spec.teacher == "required" and not teacher:
+        fail(key, f"a {spec.name} stage needs a teacher (an earlier stage's name or a checkpoint)")
+    if spec.teacher == "none" and teacher:
+        fail(key, f"a {spec.name} stage takes no teacher (got {teacher!r}): "
+             + ("its teacher is an EMA of the student" if spec.ema else "it learns without one"))
+    if teacher and teacher not in earlier and not Path(teacher).exists():
+        hint = " (leave it null for an EMA teacher)" if spec.ema else ""
+        fail(key, f"{teacher!r} is neither an earlier stage ({earlier}) nor an existing checkpoint{hint}")
+
+
+def check_sources(cfg, fail) -> None:
+    """data.mix / data.weights / data.sources (what can be checked before the manifests are read)."""
+    d = cfg.data
+    if d.mix not in ("auto", "items", "batches"):
+        fail("data.mix", f"{d.mix!r} is not auto, items or batches")
+    if d.weights is not None and d.train and len(d.weights) != len(d.train):
+        fail("data.weights", f"{len(d.weights)} weights for {len(d.train)} data.train entries")
+    if d.sources and len(d.sources) != len(d.train):
+        fail("data.sources", f"{len(d.sources)} entries for {len(d.train)} data.train entries (one each; {{}} "
+             "keeps data's settings)")
+    if d.sources and d.mix == "items":
+        fail("data.sources", "per-dataset settings need data.mix=batches (or auto)")
+    perf = cfg.get("perf") if hasattr(cfg, "get") else getattr(cfg, "perf", None)
+    if d.mix == "batches" and perf is not None and (perf.fixed_views or perf.target_cache.enabled):
+        fail("perf.fixed_views/target_cache", "fixed views and cached targets are for one dataset, not a mixture")
+    for k, s in enumerate(d.sources):
+        key = f"data.sources[{k}]"
+        if s.mask is not None and s.mask not in ("multiblock", "tube", "ijepa"):
+            fail(f"{key}.mask", f"{s.mask!r} is not multiblock, tube or ijepa")
+        if sum(x is not None for x in (s.frame_step, s.fps, s.duration)) > 1:
+            fail(f"{key}.frame_step/fps/duration", "set at most one of them")
+        if (s.batch_size or d.batch_size) % cfg.optim.accum_steps:
+            fail(f"{key}.batch_size", f"optim.accum_steps ({cfg.optim.accum_steps}) must divide it")
 
 
 def check(cfg) -> None:
@@ -222,7 +287,10 @@ def check(cfg) -> None:
         fail("mask.kind", f"{cfg.mask.kind!r} is not multiblock, tube or ijepa")
     if cfg.nonfinite not in ("stop", "skip"):
         fail("nonfinite", f"{cfg.nonfinite!r} is not stop or skip")
+    if cfg.get("resume_from") and not Path(cfg.resume_from).is_file():
+        fail("resume_from", f"{cfg.resume_from!r} is not a file")
     from data.decoders import BACKENDS
+    from vjepa.methods.registry import method_spec
 
     if cfg.data.backend not in BACKENDS:
         fail("data.backend", f"{cfg.data.backend!r} is not one of {list(BACKENDS)}")
@@ -232,20 +300,15 @@ def check(cfg) -> None:
         fail("data.dali_device", "mixed (NVDEC) needs data.backend=dali")
     if sum(x is not None for x in (cfg.data.frame_step, cfg.data.fps, cfg.data.duration)) != 1:
         fail("data.frame_step/fps/duration", "set exactly one of them (the others null)")
+    if cfg.data.worker_timeout < 0:
+        fail("data.worker_timeout", f"{cfg.data.worker_timeout} is negative (0 waits forever)")
+    check_sources(cfg, fail)
     names = []
     for i, st in enumerate(cfg.experiment.stages):
         key = f"experiment.stages[{i}]"
-        if st.method not in ("pixel", "salt", "vjepa", "tcjepa", "contrastive"):
-            fail(f"{key}.method", f"{st.method!r} is not pixel, salt, vjepa, tcjepa or contrastive")
-        if st.method == "tcjepa" and st.teacher and st.teacher not in names and not Path(st.teacher).exists():
-            fail(f"{key}.teacher", f"{st.teacher!r} is neither an earlier stage ({names}) nor an existing checkpoint "
-                 "(tcjepa: leave it null for an EMA teacher)")
+        check_teacher(method_spec(st.method, f"{key}.method"), st.teacher, names, f"{key}.teacher", fail)
         if st.size is not None and st.size not in PRESETS:
             fail(f"{key}.size", f"{st.size!r} is not one of {list(PRESETS)}")
-        if st.method == "salt" and not st.teacher:
-            fail(f"{key}.teacher", "a salt stage needs a teacher (an earlier stage's name or a checkpoint)")
-        if st.method == "salt" and st.teacher not in names and not Path(st.teacher).exists():
-            fail(f"{key}.teacher", f"{st.teacher!r} is neither an earlier stage ({names}) nor an existing checkpoint")
         if st.init and st.init not in names and not Path(st.init).exists():
             fail(f"{key}.init", f"{st.init!r} is neither an earlier stage ({names}) nor an existing checkpoint")
         if st.pixel_targets not in PIXEL_TARGETS:

@@ -13,6 +13,8 @@ class DistInfo:
     rank: int = 0
     local_rank: int = 0
     world_size: int = 1
+    device: torch.device = torch.device("cpu")  # the training device: where the collectives' tensors live
+    in_group: bool = False  # this process is in a torch.distributed process group (every rank runs collectives)
 
     @property
     def is_main(self) -> bool:
@@ -20,7 +22,7 @@ class DistInfo:
 
     @property
     def enabled(self) -> bool:
-        return self.world_size > 1
+        return self.in_group
 
 
 def _env_int(*names: str, default: int) -> int:
@@ -30,29 +32,57 @@ def _env_int(*names: str, default: int) -> int:
     return default
 
 
-def init_distributed(device: torch.device) -> DistInfo:
-    """Join the process group if the environment describes one (torchrun's RANK/WORLD_SIZE, or SLURM's
-    SLURM_PROCID/SLURM_NTASKS with MASTER_ADDR/PORT set by the launcher); NCCL on GPU, gloo on CPU."""
+def backend_for(device: torch.device) -> str:
+    """The process group's backend per device type. On GPUs NCCL serves CUDA tensors and gloo CPU ones:
+    NCCL alone takes CUDA tensors only ("No backend type associated with device type cpu"), and some
+    collectives are on the CPU whatever the training device (a barrier without a device, object collectives)."""
+    return "cpu:gloo,cuda:nccl" if device.type == "cuda" else "gloo"
+
+
+def init_distributed(device_name: str = "auto") -> DistInfo:
+    """Pick this process's device and join the process group if the environment describes one (torchrun's
+    RANK/WORLD_SIZE, or SLURM's SLURM_PROCID/SLURM_NTASKS with MASTER_ADDR/PORT set by the launcher), or the
+    group this process is already in (made by its caller, of any size)."""
     world = _env_int("WORLD_SIZE", "SLURM_NTASKS", default=1)
     rank = _env_int("RANK", "SLURM_PROCID", default=0)
     local_rank = _env_int("LOCAL_RANK", "SLURM_LOCALID", default=0)
-    if world <= 1:
-        return DistInfo()
+    if dist.is_initialized():
+        rank, world = dist.get_rank(), dist.get_world_size()
+    elif world <= 1:
+        return DistInfo(device=pick_device(device_name))
+    device = pick_device(device_name, local_rank)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)  # NCCL's and the trainer's current device: one GPU per rank
     if not dist.is_initialized():
         if "MASTER_ADDR" not in os.environ or "MASTER_PORT" not in os.environ:
             raise RuntimeError(f"world size {world} but MASTER_ADDR / MASTER_PORT are not set; launch with "
                                "torchrun or the SLURM launcher")
-        backend = "nccl" if device.type == "cuda" else "gloo"
-        dist.init_process_group(backend, rank=rank, world_size=world)
-    return DistInfo(rank=rank, local_rank=local_rank, world_size=world)
+        dist.init_process_group(backend_for(device), rank=rank, world_size=world)
+    return DistInfo(rank=rank, local_rank=local_rank, world_size=world, device=device, in_group=True)
 
 
 def all_reduce_mean(x: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    """The mean over ranks of `x` (a copy, on the training device)."""
     if info.enabled:
-        x = x.detach().clone()
+        x = x.detach().to(info.device, copy=True)
         dist.all_reduce(x)
         x /= info.world_size
     return x
+
+
+def all_ranks_any(flag: bool, info: DistInfo) -> bool:
+    """True when `flag` is true on any rank (every rank must call this)."""
+    if not info.enabled:
+        return flag
+    t = torch.tensor([float(flag)], device=info.device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
+def barrier(info: DistInfo) -> None:
+    """Wait for every rank (a no-op in one process)."""
+    if info is not None and info.enabled:
+        dist.barrier()
 
 
 def pick_device(name: str = "auto", local_rank: int = 0) -> torch.device:
@@ -60,4 +90,6 @@ def pick_device(name: str = "auto", local_rank: int = 0) -> torch.device:
         return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise RuntimeError(f"device={name!r} asked for, but CUDA is not available on this machine")
+    if name == "cuda":  # one GPU per local rank, not all of them on GPU 0
+        return torch.device(f"cuda:{local_rank}")
     return torch.device(name)

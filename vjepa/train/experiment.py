@@ -10,10 +10,11 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
+from vjepa.methods.registry import method_spec
 from vjepa.train import config as schema
 from vjepa.train.build import build_encoder, encoder_kwargs, init_scheme, load_teacher
 from vjepa.train.data import build_probe_loaders
-from vjepa.train.distributed import init_distributed, pick_device
+from vjepa.train.distributed import barrier, init_distributed
 from vjepa.train.metrics import plot_losses, stage_lines
 from vjepa.train.trainer import stage_seed, train_stage
 
@@ -25,11 +26,8 @@ def run_experiment(cfg, run_dir: str | Path) -> dict:
     if cfg.experiment.probe.enabled:
         probe_settings(cfg)  # a bad probe key fails now, not after training
     run_dir = Path(run_dir)
-    device = pick_device(cfg.device)
-    info = init_distributed(device)
-    if info.enabled and device.type == "cuda":
-        device = pick_device(cfg.device, info.local_rank)
-        torch.cuda.set_device(device)
+    info = init_distributed(cfg.device)
+    device = info.device
     if info.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
@@ -38,7 +36,7 @@ def run_experiment(cfg, run_dir: str | Path) -> dict:
     stages, finals = {}, {}
     for stage in cfg.experiment.stages:
         teacher = None
-        if stage.method in ("salt", "tcjepa") and stage.teacher:
+        if method_spec(stage.method).teacher != "none" and stage.teacher:
             teacher = finals.get(stage.teacher) or Path(stage.teacher)
         init = finals.get(stage.init) if stage.init else None  # an earlier stage's encoder, or a file (build)
         stages[stage.name] = train_stage(cfg, stage, run_dir / stage.name, info, device, teacher, init)
@@ -49,8 +47,7 @@ def run_experiment(cfg, run_dir: str | Path) -> dict:
             return {"run_dir": str(run_dir), "stages": stages, "probe": {}, "complete": False,
                     "preempted": stages[stage.name].get("preempted", False), "world_size": info.world_size}
         finals[stage.name] = run_dir / stage.name / "final.pt"
-        if info.enabled:
-            torch.distributed.barrier()  # the next stage reads this stage's final.pt
+        barrier(info)  # the next stage reads this stage's final.pt
 
     summary = {"run_dir": str(run_dir), "stages": stages, "probe": {}, "complete": True,
                "world_size": info.world_size}

@@ -129,18 +129,6 @@ def scalar(x) -> float:
     return float(x.item())
 
 
-def load_model_state(module: torch.nn.Module, state: dict, what: str) -> None:
-    """Strict load of a saved (full) state into a plain or sharded module."""
-    from torch.distributed.tensor import DTensor
-
-    from vjepa.train.checkpoint import load_state_strict
-
-    if any(isinstance(v, DTensor) for v in module.state_dict().values()):
-        load_full_state_dict(module, state, what)
-    else:
-        load_state_strict(module, state, what)
-
-
 def checkpoint_states(model, method, optimizer=None, info=None):
     """(model states, optimiser state or None) to save on the main rank; None on the others. Sharded states
     are gathered first, which is a collective: with FSDP every rank must call this."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import signal
 
-import torch
+from vjepa.train.distributed import all_ranks_any
 
 _requested = False
 
@@ -25,12 +25,7 @@ def request() -> None:
 
 def requested(info=None) -> bool:
     """True when any rank was asked to stop (ranks agree, so they all checkpoint the same step)."""
-    flag = _requested
-    if info is not None and info.enabled:
-        t = torch.tensor([1.0 if flag else 0.0])
-        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
-        flag = bool(t.item())
-    return flag
+    return _requested if info is None else all_ranks_any(_requested, info)
 
 
 def clear() -> None:

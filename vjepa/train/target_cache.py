@@ -37,7 +37,9 @@ from torchvision.transforms import v2
 from data.dataset import is_image, read_image
 from data.transforms import normalize
 from vjepa.methods.base import layer_norm_targets
+from vjepa.methods.registry import method_spec
 from vjepa.train.data import LoaderWrapper
+from vjepa.train.distributed import barrier
 
 log = logging.getLogger(__name__)
 
@@ -207,11 +209,6 @@ class CachedTargetLoader(LoaderWrapper):
 
 # ---- building ------------------------------------------------------------------------------------------------
 
-def _barrier(info) -> None:
-    if info is not None and info.enabled:
-        torch.distributed.barrier()
-
-
 @torch.no_grad()
 def build_target_cache(path: str | Path, teacher: torch.nn.Module, clip_loader, key: dict, device: torch.device,
                        info=None, shard_items: int = 1024) -> TargetCache:
@@ -250,7 +247,7 @@ def build_target_cache(path: str | Path, teacher: torch.nn.Module, clip_loader, 
                 rows = min(shard_items, n - s * shard_items)
                 shard = path / f"targets_v{v}_s{s}.npy"
                 np.lib.format.open_memmap(shard, "w+", np.float16, (rows, tokens, dim)).flush()
-    _barrier(info)
+    barrier(info)
     arrays = {name: np.load(path / f"{name}.npy", mmap_mode="r+") for name in files}
     out = {}
     for v in range(num_views):
@@ -279,7 +276,7 @@ def build_target_cache(path: str | Path, teacher: torch.nn.Module, clip_loader, 
     for a in [*arrays.values(), *out.values()]:
         a.flush()
     del arrays, out
-    _barrier(info)
+    barrier(info)
     if rank0:
         done = np.load(path / "done.npy")
         if not done.all():
@@ -290,7 +287,7 @@ def build_target_cache(path: str | Path, teacher: torch.nn.Module, clip_loader, 
         tmp = path / "meta.json.tmp"
         tmp.write_text(json.dumps(meta, indent=1))
         tmp.replace(path / "meta.json")
-    _barrier(info)
+    barrier(info)
     return TargetCache(path, key)
 
 
@@ -298,7 +295,7 @@ def setup_target_cache(cfg, stage, method, stage_dir: Path, info, device: torch.
     """The trainer's hook (perf.fixed_views / perf.target_cache). Returns the loader to train from: unchanged,
     on fixed views, or on fixed views with cached targets (then the method's frozen teacher is released)."""
     perf = cfg.perf
-    cached = perf.target_cache.enabled and stage.method == "salt"
+    cached = perf.target_cache.enabled and method_spec(stage.method).cacheable_targets
     num_views = perf.target_cache.views if cached else perf.fixed_views
     if not num_views:
         return loader

@@ -10,12 +10,12 @@
 # $OUT/benchmarks_gpu.md; paste them into docs/benchmarks.md (## Performance) with the date.
 #
 # On the lent machine (python3 there has torch, timm, numpy, pytest): decord, av, hydra-core, omegaconf,
-# antlr4-python3-runtime and nvidia-dali are not installed there. scripts/pack_dali.sh puts their wheels in
+# antlr4-python3-runtime and nvidia-dali are not installed there. .ci/pack_dali.sh puts their wheels in
 # .whl/ (this script installs them into /tmp/site) and DALI in two pieces, and says how to carry them over
 # three calls of one warm machine; without DALI the NVDEC tests skip and the dali-gpu rows say why.
 # Section 3 also writes a profiler trace of two steps per case ($OUT/trace/CASE.json.gz, CASE.txt).
 #
-# usage: OUT=/tmp/out [PARTS="tests data model"] [TESTS_K=nvdec] bash scripts/gpu_check.sh
+# usage: OUT=/tmp/out [PARTS="tests data model"] [TESTS_K=nvdec] bash .ci/gpu_check.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/gpu_check}

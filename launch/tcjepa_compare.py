@@ -1,9 +1,9 @@
 """TC-JEPA vs the same run without text (I-JEPA / V-JEPA) vs a CLIP-style contrastive baseline, same
 encoder, data, steps and seed; plus TC-JEPA with lambda = 0 to measure what the sparsity loss does.
 
-    python scripts/tcjepa_compare.py --data video --steps 200 --out runs/tcjepa-compare-video
+    python -m launch.tcjepa_compare --data video --steps 200 --out runs/tcjepa-compare-video
     python -m data.openclipart --out runs/openclipart --max-per-category 60
-    python scripts/tcjepa_compare.py --data openclipart --manifests runs/openclipart --steps 200 \
+    python -m launch.tcjepa_compare --data openclipart --manifests runs/openclipart --steps 200 \
         --out runs/tcjepa-compare-openclipart
 
 Writes OUT/results.json, OUT/results.md (the table for docs/benchmarks.md) and OUT/attention.png (which
@@ -14,23 +14,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 import torch
+from hydra import compose, initialize_config_dir
+
+import launch.train  # noqa: F401  (registers the config schema)
+from vjepa.eval.protocol import family_means
+from vjepa.train.build import build_method
+from vjepa.train.checkpoint import load_file, load_state_strict
+from vjepa.train.data import build_probe_loaders
+from vjepa.train.experiment import run_experiment
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-import launch.train  # noqa: E402,F401  (registers the config schema)
-from hydra import compose, initialize_config_dir  # noqa: E402
-
-from vjepa.eval.protocol import family_means  # noqa: E402
-from vjepa.train.build import build_method  # noqa: E402
-from vjepa.train.checkpoint import load_file, load_state_strict  # noqa: E402
-from vjepa.train.data import build_probe_loaders  # noqa: E402
-from vjepa.train.experiment import run_experiment  # noqa: E402
 
 RUNS = {  # name -> overrides on top of the base experiment
     "tcjepa": [],
@@ -173,14 +170,14 @@ def main(argv=None):
         (out / "results.json").write_text(json.dumps(results, indent=2))
     labels = sorted({k for r in results.values() for k in r["probe"]})
     nan = float("nan")
-    lines = ["| run | final loss | " + " | ".join(f"probe {l} (%)" for l in labels) + " | O mean | O zeros |",
+    lines = ["| run | final loss | " + " | ".join(f"probe {label} (%)" for label in labels) + " | O mean | O zeros |",
              "|---|---|" + "---|" * len(labels) + "---|---|"]
     first = next(iter(results.values()))
-    lines.append("| random init | - | " + " | ".join(f"{first['random_init'].get(l, nan):.1f}" for l in labels)
+    lines.append("| random init | - | " + " | ".join(f"{first['random_init'].get(label, nan):.1f}" for label in labels)
                  + " | - | - |")
     for name, r in results.items():
         s = r.get("sparsity", {})
-        probe = " | ".join(f"{r['probe'].get(l, nan):.1f}" for l in labels)
+        probe = " | ".join(f"{r['probe'].get(label, nan):.1f}" for label in labels)
         lines.append(f"| {name} | {r['final_loss']:.4f} | {probe} | {s.get('overlap_mean', nan):.3f} | "
                      f"{s.get('overlap_zero_share', nan):.2f} |")
     (out / "results.md").write_text("\n".join(lines) + "\n")

@@ -6,11 +6,11 @@
 # GPU check needs there (decord2, av, hydra-core, omegaconf, antlr4 and DALI's pure-Python needs) into .whl/.
 #
 # Then, on the device tool (machine idle for at most 30 s between calls):
-#   run 1, carry [".whl"]:   OUT=$OUT PARTS="tests model" bash scripts/gpu_check.sh   (installs .whl into /tmp/site)
+#   run 1, carry [".whl"]:   OUT=$OUT PARTS="tests model" bash .ci/gpu_check.sh   (installs .whl into /tmp/site)
 #   run 2, carry [".dali_a"]: mkdir -p /tmp/stash && mv .dali_a/* /tmp/stash/
 #   run 3, carry [".dali_b"]: cat /tmp/stash/* .dali_b/* | xz -d | tar -x -C /tmp/site;
 #     echo "__path__ = __import__('pkgutil').extend_path(__path__, __name__)" > /tmp/site/nvidia/__init__.py;
-#     PYTHONPATH=/tmp/site OUT=$OUT PARTS="tests data" TESTS_K=nvdec bash scripts/gpu_check.sh
+#     PYTHONPATH=/tmp/site OUT=$OUT PARTS="tests data" TESTS_K=nvdec bash .ci/gpu_check.sh
 # (the __init__ lets /tmp/site/nvidia/dali and the machine's own nvidia/* CUDA packages share the name).
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -8,7 +8,7 @@ name) on the same clips, back to back with our loader, and scales the reference 
     reference loader now ~= 15.7 * (bare decord 0.6.0 here, now) / 16.4
 
     pip install --no-deps --target /tmp/decord06 decord==0.6.0
-    python scripts/calibrate_reference.py /tmp/decord06 [--videos /tmp/benchvids] [--rounds 5]
+    python -m data.calibrate_reference /tmp/decord06 [--videos /tmp/benchvids] [--rounds 5]
 
 Prints one line per round and the medians.
 """
@@ -25,7 +25,6 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 BARE = """
 import json, sys
