@@ -111,12 +111,14 @@ class MixtureLoader:
     def skip_counts(self) -> dict:
         """The sources' skip counts (each of its last epoch), summed, and per source."""
         per = {name: loader.skip_counts() for name, loader in zip(self.names, self.loaders)}
-        reasons, bad_files = Counter(), {}
+        reasons, bad_files, fallbacks = Counter(), {}, Counter()
         for counts in per.values():
             reasons.update(counts["by_reason"])
             bad_files.update(counts["bad_files"])
+            fallbacks.update(counts.get("fallbacks", {}))
         return {"skipped": sum(reasons.values()), "by_reason": dict(reasons), "bad_files": bad_files,
-                "manifest_rows": sum(c["manifest_rows"] for c in per.values()), "by_source": per}
+                "manifest_rows": sum(c["manifest_rows"] for c in per.values()), "fallbacks": dict(fallbacks),
+                "by_source": per}
 
     def _close_streams(self) -> None:
         for stream in self._streams.values():

@@ -303,3 +303,20 @@ def test_a_skipped_items_failure_record_survives_the_trip_from_a_worker():
     record = Failure("videos/bad.mp4", "unreadable", "pyav: invalid data")
     back = pickle.loads(pickle.dumps(record))
     assert type(back) is Failure and back == ("videos/bad.mp4", "unreadable", "pyav: invalid data")
+
+
+def test_a_training_run_reports_the_files_a_fallback_backend_read(videos, tmp_path):
+    """The run's summary says, per stage, which backend rescued how many files (here decord -> PyAV)."""
+    from test_train import make_cfg
+    from vjepa.train.experiment import run_experiment
+
+    files = [videos[name] for name in ("h264.mp4", "vp8.ogg", "mpeg4.avi", "mpeg2.mpg")]
+    manifest = _manifest(tmp_path / "train.jsonl", files)
+    summary = run_experiment(make_cfg(tmp_path, tmp_path / "run", "experiment=vjepa", "experiment.total_steps=2",
+                                      f"data.train=[{manifest}]", "data.backend=decord", "data.batch_size=4"),
+                             tmp_path / "run")
+    stage = summary["stages"]["student"]
+    assert stage["complete"] and stage["skipped"]["skipped"] == 0
+    assert stage["data_fallbacks"] == {"pyav": 2}  # decord cannot index the Ogg, and refuses MPEG-PS
+    on_disk = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert on_disk["stages"]["student"]["data_fallbacks"] == {"pyav": 2}
