@@ -9,10 +9,12 @@ import pytest
 from data.decoders import DecodeError, ReaderCache, open_video
 
 
-def _encode(path, frames, codec="libx264", options=None):
-    with av.open(str(path), "w") as c:
-        s = c.add_stream(codec, rate=Fraction(30, 1), options={"threads": "1", **(options or {})})
-        s.width, s.height, s.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
+def encode_frames(path, frames, codec="libx264", options=None, *, fps=30, pix_fmt="yuv420p", container=None,
+            container_options=None):
+    """uint8 [T, H, W, 3] frames as a real encoded file (one encoder thread); `container` defaults to the suffix's."""
+    with av.open(str(path), "w", format=container, options=container_options) as c:
+        s = c.add_stream(codec, rate=Fraction(fps, 1), options={"threads": "1", **(options or {})})
+        s.width, s.height, s.pix_fmt = frames.shape[2], frames.shape[1], pix_fmt
         for f in frames:
             for p in s.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
                 c.mux(p)
@@ -30,13 +32,13 @@ def _moving(n=90, h=64, w=128, seed=0):
 @pytest.fixture(scope="module")
 def h264_gops(tmp_path_factory):
     # several GOPs (keyint 30) with B-frames: exercises keyframe seeking and non-reference skipping
-    return _encode(tmp_path_factory.mktemp("v") / "gops.mp4", _moving(),
+    return encode_frames(tmp_path_factory.mktemp("v") / "gops.mp4", _moving(),
                    options={"x264-params": "keyint=30:min-keyint=30:scenecut=0:bframes=3"})
 
 
 @pytest.fixture(scope="module")
 def vp9(tmp_path_factory):
-    return _encode(tmp_path_factory.mktemp("v") / "clip.webm", _moving(40),
+    return encode_frames(tmp_path_factory.mktemp("v") / "clip.webm", _moving(40),
                    "libvpx-vp9", {"deadline": "realtime", "cpu-used": "8", "crf": "30", "b": "0"})
 
 

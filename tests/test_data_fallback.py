@@ -6,7 +6,6 @@ MKV, MP4 and MPEG-TS, VP8 and VP9 in WebM, MPEG-2 in MPEG-PS; then cut at severa
 """
 
 import json
-from fractions import Fraction
 
 import av
 import numpy as np
@@ -19,6 +18,7 @@ from data.dataset import ClipSpec, VideoDataset
 from data.decoders import DecodeError, ReaderCache, is_truncated, open_video
 from data.loader import build_loader
 from data.manifest import read_manifest
+from test_data_decoders import encode_frames
 
 # file name -> (encoder, container, pixel format, encoder options); 48 frames at 10 fps, a keyframe every 12
 FORMATS = {
@@ -50,15 +50,8 @@ def _encode(path, name, width=128):
     codec, container, pix_fmt, options = FORMATS[name]
     frames = _pattern(64, 48, block=1) if name.startswith("noise") else _pattern(width)
     fast_start = {"movflags": "+faststart"} if container == "mp4" else {}  # its index up front: a cut keeps it
-    with av.open(str(path), "w", format=container, options=fast_start) as c:
-        s = c.add_stream(codec, rate=Fraction(10, 1), options={"g": "12", "threads": "1", **options})
-        s.width, s.height, s.pix_fmt = frames.shape[2], frames.shape[1], pix_fmt
-        for frame in frames:
-            for packet in s.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
-                c.mux(packet)
-        for packet in s.encode():
-            c.mux(packet)
-    return path
+    return encode_frames(path, frames, codec, {"g": "12", **options}, fps=10, pix_fmt=pix_fmt, container=container,
+                         container_options=fast_start)
 
 
 def _decode_all(path) -> list[np.ndarray]:

@@ -26,6 +26,7 @@ byte-identical to a single-process run's.
 from __future__ import annotations
 
 import fcntl
+import functools
 import hashlib
 import json
 import logging
@@ -489,20 +490,14 @@ def extract_features(model: FeatureEncoder, videos: list[Item], root: Path, out:
     return summary
 
 
-def _die_with_the_extractor(worker_id: int) -> None:
-    """No decoding worker (nor their forkserver) outlives an extraction process killed by any signal."""
-    from data.worker_lifetime import bind_worker_to_trainer
-
-    bind_worker_to_trainer(started_by_forkserver=True)
-
-
 def _loader(dataset: ClipChunks, num_workers: int):
-    from data.loader import _worker_context
+    from data.loader import _init_worker, _worker_context
 
     kw = {}
-    if num_workers > 0:  # forkserver workers (a fork of a process holding two FFmpeg builds can hang)
+    if num_workers > 0:  # forkserver workers (a fork of a process holding two FFmpeg builds can hang), bound
+        # like the training loader's so that none outlives an extraction process killed by any signal
         kw = dict(multiprocessing_context=_worker_context("forkserver"), prefetch_factor=2, timeout=600,
-                  worker_init_fn=_die_with_the_extractor)
+                  worker_init_fn=functools.partial(_init_worker, forkserver=True))
     return torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=num_workers, collate_fn=_as_is, **kw)
 
 
