@@ -23,7 +23,7 @@ from conftest import REPO
 from test_train import SMALL, _free_port, assert_states_equal, final_state, make_cfg
 from vjepa.train import preemption
 from vjepa.train.checkpoint import CheckpointError, damage, load_file, save_atomic
-from vjepa.train.distributed import all_reduce_mean, backend_for, barrier, init_distributed
+from vjepa.train.distributed import all_reduce_mean, backend_for, barrier, close_distributed, init_distributed
 from vjepa.train.experiment import run_experiment
 
 # the trainer's subprocesses compute with this process's thread count: their steps and ours are bit-identical
@@ -80,6 +80,37 @@ def test_trainer_collectives_run_in_the_process_group_a_gpu_run_makes(embedded_d
     one_rank_group(gloo_stand_in(backend_for(torch.device("cuda"))))
     info = init_distributed("cpu")
     check_trainer_collectives(info, embedded_data, tmp_path)
+
+
+def _join_and_close(rank: int, port: int, results) -> None:
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    info = init_distributed("cpu")
+    made = (info.owns_group, dist.is_initialized())
+    barrier(info)
+    close_distributed(info)
+    results.put((rank, *made, dist.is_initialized()))
+
+
+def test_a_group_init_distributed_made_is_torn_down_and_a_callers_is_kept(one_rank_group):
+    """Each rank destroys the group it made before it exits: a rank that left with the group alive while another
+    was still writing a checkpoint aborted in the teardown of gloo's threads (SIGABRT, the run failed). A group
+    made by the caller stays the caller's."""
+    ctx = torch.multiprocessing.get_context("spawn")
+    results, port = ctx.Queue(), _free_port()
+    procs = [ctx.Process(target=_join_and_close, args=(rank, port, results)) for rank in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=120)
+    assert [p.exitcode for p in procs] == [0, 0]
+    # (rank, owns the group, group up after init, group up after close)
+    assert sorted(results.get(timeout=5) for _ in procs) == [(0, True, True, False), (1, True, True, False)]
+    one_rank_group("gloo")
+    info = init_distributed("cpu")
+    assert info.enabled and not info.owns_group
+    close_distributed(info)
+    assert dist.is_initialized()
 
 
 @pytest.mark.gpu

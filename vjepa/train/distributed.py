@@ -15,6 +15,7 @@ class DistInfo:
     world_size: int = 1
     device: torch.device = torch.device("cpu")  # the training device: where the collectives' tensors live
     in_group: bool = False  # this process is in a torch.distributed process group (every rank runs collectives)
+    owns_group: bool = False  # init_distributed made the group, so close_distributed tears it down
 
     @property
     def is_main(self) -> bool:
@@ -58,7 +59,17 @@ def init_distributed(device_name: str = "auto") -> DistInfo:
             raise RuntimeError(f"world size {world} but MASTER_ADDR / MASTER_PORT are not set; launch with "
                                "torchrun or the SLURM launcher")
         dist.init_process_group(backend_for(device), rank=rank, world_size=world)
+        return DistInfo(rank=rank, local_rank=local_rank, world_size=world, device=device, in_group=True,
+                        owns_group=True)
     return DistInfo(rank=rank, local_rank=local_rank, world_size=world, device=device, in_group=True)
+
+
+def close_distributed(info: DistInfo) -> None:
+    """Tear down the process group init_distributed made. Without this a rank that leaves while another is
+    still busy (rank 0 writing a checkpoint or probing) can abort in the interpreter's teardown of gloo's
+    threads ("terminate called without an active exception", SIGABRT), and torchrun fails the whole run."""
+    if info.owns_group and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def all_reduce_mean(x: torch.Tensor, info: DistInfo) -> torch.Tensor:

@@ -14,7 +14,7 @@ from vjepa.methods.registry import method_spec
 from vjepa.train import config as schema
 from vjepa.train.build import build_encoder, encoder_kwargs, init_scheme, load_teacher
 from vjepa.train.data import build_probe_loaders
-from vjepa.train.distributed import barrier, init_distributed
+from vjepa.train.distributed import barrier, close_distributed, init_distributed
 from vjepa.train.metrics import plot_losses, stage_lines
 from vjepa.train.trainer import stage_seed, train_stage
 
@@ -27,6 +27,13 @@ def run_experiment(cfg, run_dir: str | Path) -> dict:
         probe_settings(cfg)  # a bad probe key fails now, not after training
     run_dir = Path(run_dir)
     info = init_distributed(cfg.device)
+    try:
+        return _run_stages_then_probe(cfg, run_dir, info)
+    finally:
+        close_distributed(info)
+
+
+def _run_stages_then_probe(cfg, run_dir: Path, info) -> dict:
     device = info.device
     if info.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
