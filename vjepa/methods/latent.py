@@ -1,6 +1,11 @@
 """Latent prediction: the student encoder sees the context, the predictor predicts a teacher's features
 of the whole clip at the target positions (layer-normed targets, L1).
 
+With `context_loss` w > 0 the predictor also regresses the teacher's features at the context positions (its
+outputs there; V-JEPA 2.1's dense loss), weighted w: the student's visible tokens must carry the teacher's
+content, not only what the masked positions need. The logged "predict" term stays the masked-target loss, so
+it compares with the trivial baselines as before.
+
 One class, two teachers:
   - `salt`: a frozen teacher (e.g. the stage-1 pixel model), any size or width, always in eval mode;
   - `vjepa`: the teacher is an EMA of the student (momentum schedule start -> end).
@@ -19,8 +24,12 @@ from vjepa.train.optim import momentum_at
 
 
 class LatentPrediction(Method):
-    def __init__(self, encoder, predictor, teacher=None, ema=(0.998, 1.0), loss: str = "l1"):
+    def __init__(self, encoder, predictor, teacher=None, ema=(0.998, 1.0), loss: str = "l1",
+                 context_loss: float = 0.0):
         super().__init__()
+        if context_loss < 0:
+            raise ValueError(f"context_loss {context_loss} is negative")
+        self.context_loss = float(context_loss)
         self.encoder, self.predictor = encoder, predictor
         self.ema = tuple(ema) if teacher is None else None
         self.name = "vjepa" if teacher is None else "salt"
@@ -76,13 +85,23 @@ class LatentPrediction(Method):
         (a target cache); otherwise the teacher runs here."""
         targets = self.teacher_targets(video, targets)
         grid = self.encoder.patch_embed_grid(video)
-        losses = []
+        losses, context_losses = [], []
         for i, mask in enumerate(masks):
             z = self.encoder(video, mask.context)
-            pred = self.predictor(z, mask.context, mask.target, grid, mask_index=i)
+            if self.context_loss:
+                pred, at_context = self.predictor(z, mask.context, mask.target, grid, mask_index=i, with_context=True)
+                context_losses.append(self._distance(at_context.float(), gather_tokens(targets, mask.context)))
+            else:
+                pred = self.predictor(z, mask.context, mask.target, grid, mask_index=i)
             losses.append(self._distance(pred.float(), gather_tokens(targets, mask.target)))
-        loss = torch.stack(losses).mean()
-        return loss, {"loss": loss.detach(), **trivial_losses(targets, [m.target for m in masks], self._distance)}
+        predict = torch.stack(losses).mean()
+        metrics = {"predict": predict.detach(), **trivial_losses(targets, [m.target for m in masks], self._distance)}
+        loss = predict
+        if context_losses:
+            context = torch.stack(context_losses).mean()
+            loss = predict + self.context_loss * context
+            metrics["context"] = context.detach()
+        return loss, {"loss": loss.detach(), **metrics}
 
     @torch.no_grad()
     def after_step(self, step, total_steps):

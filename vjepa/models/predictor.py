@@ -40,8 +40,9 @@ class Predictor(nn.Module):
             trunc_normal_(self.mask_tokens, std=0.02)
 
     def forward(self, ctx: torch.Tensor, ctx_ids: torch.Tensor, tgt_ids: torch.Tensor,
-                grid: tuple[int, int, int], mask_index: int = 0, condition=None) -> torch.Tensor:
-        """ctx [B, Kc, in_dim] at ids ctx_ids [B, Kc]; returns predictions [B, Kt, out_dim] at tgt_ids [B, Kt]."""
+                grid: tuple[int, int, int], mask_index: int = 0, condition=None, with_context: bool = False):
+        """ctx [B, Kc, in_dim] at ids ctx_ids [B, Kc]; returns predictions [B, Kt, out_dim] at tgt_ids [B, Kt],
+        and with `with_context` also its outputs at the context positions [B, Kc, out_dim] (a context loss)."""
         b, kt = tgt_ids.shape
         x = self.embed(ctx)
         m = self.mask_tokens[mask_index].to(x.dtype).expand(b, kt, -1)
@@ -57,8 +58,10 @@ class Predictor(nn.Module):
             def hook(i, h):
                 return self.conditioners[i](h, condition)
         x, _ = run_blocks(self.blocks, x, rope_tables, self.grad_checkpointing, hook=hook)
-        x = self.norm(x[:, -kt:])
-        return self.proj(x)
+        if with_context:
+            x = self.proj(self.norm(x))
+            return x[:, -kt:], x[:, :-kt]
+        return self.proj(self.norm(x[:, -kt:]))
 
 
 def predictor(encoder_dim: int, out_dim: int | None = None, **kwargs) -> Predictor:

@@ -127,8 +127,11 @@ def build_method(cfg, stage, teacher_file: str | Path | None = None, init_file: 
         t = cfg.text
         text.update(max_captions=t.max_captions, sparsity=t.sparsity, consistency=t.consistency,
                     center_keys=t.center_keys)
+    extra = dict(text)
+    if getattr(stage, "context_loss", 0):  # salt / vjepa only (the config check)
+        extra["context_loss"] = stage.context_loss
     method = spec.cls(encoder, initialise(Predictor(**pred_kw), init), teacher=teacher, ema=stage.ema,
-                      loss=stage.loss, **text)
+                      loss=stage.loss, **extra)
     return method, configs, generators
 
 

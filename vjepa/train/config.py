@@ -104,6 +104,9 @@ class StageConfig:
     mask: Optional[str] = None  # override mask.kind for this stage
     mask_ratio: Optional[float] = None  # override mask.ratio (tube masks) for this stage
     loss: str = "l1"
+    # salt / vjepa: weight of the context loss (the predictor also regresses the teacher's features at the
+    # visible positions; vjepa/methods/latent.py). 0: the papers' masked-only loss.
+    context_loss: float = 0.0
     ema: List[float] = field(default_factory=lambda: [0.998, 1.0])
     # pixel: eps of the per-tubelet target normalisation (x - mean) / sqrt(var + eps). VideoMAE's 1e-6 turns
     # flat patches (a plain background) into unit-variance codec noise, which no model can predict.
@@ -290,6 +293,7 @@ def check(cfg) -> None:
     if cfg.get("resume_from") and not Path(cfg.resume_from).is_file():
         fail("resume_from", f"{cfg.resume_from!r} is not a file")
     from data.decoders import BACKENDS
+    from vjepa.methods.latent import LatentPrediction
     from vjepa.methods.registry import method_spec
 
     if cfg.data.backend not in BACKENDS:
@@ -313,6 +317,10 @@ def check(cfg) -> None:
             fail(f"{key}.init", f"{st.init!r} is neither an earlier stage ({names}) nor an existing checkpoint")
         if st.pixel_targets not in PIXEL_TARGETS:
             fail(f"{key}.pixel_targets", f"{st.pixel_targets!r} is not one of {list(PIXEL_TARGETS)}")
+        if st.context_loss < 0:
+            fail(f"{key}.context_loss", f"{st.context_loss} is negative")
+        if st.context_loss and method_spec(st.method).cls is not LatentPrediction:
+            fail(f"{key}.context_loss", f"a {st.method} stage has no context loss (salt and vjepa have)")
         if st.mask_ratio is not None and not 0 < st.mask_ratio < 1:
             fail(f"{key}.mask_ratio", f"{st.mask_ratio} is not in (0, 1)")
         if not 0 < st.fraction <= 1:
