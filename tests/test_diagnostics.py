@@ -184,3 +184,52 @@ def test_stage_lines_flag_a_stage_that_does_not_beat_the_trivial_predictors():
     assert "NOT LEARNING" not in by_name["student"] and "NOT LEARNING" not in by_name["clip"]
     assert "0.3100" in by_name["teacher"] and "0.3300" in by_name["teacher"] and "0.541" in by_name["student"]
     assert by_name["clip"].split()[3:6] == ["-", "-", "-"]
+
+
+def test_context_loss_adds_the_weighted_error_at_the_visible_positions_and_keeps_the_prediction_term():
+    """stage.context_loss w: loss = masked-target term + w * (the predictor's outputs at the context positions vs
+    the teacher's features there), by hand; the logged prediction term (what the baselines compare with) is the
+    masked-only loss of the same weights; the target outputs are those of the plain forward."""
+    torch.manual_seed(0)
+    kw = dict(img_size=32, num_frames=4, patch_size=16, depth=1, embed_dim=32, num_heads=2)
+    enc, teacher = vit("tiny", **kw), vit("tiny", **kw)
+    predictor = Predictor(32, 32, embed_dim=32, depth=1, num_heads=2, num_mask_tokens=2)
+    masked_only = LatentPrediction(enc, predictor, teacher=teacher)
+    with_context = LatentPrediction(enc, predictor, teacher=teacher, context_loss=0.5)
+    video = torch.randn(2, 3, 4, 32, 32)
+    plain_loss, plain = masked_only(video, MASKS)
+    loss, metrics = with_context(video, MASKS)
+    torch.testing.assert_close(metrics["predict"], plain_loss.detach())
+    torch.testing.assert_close(plain["predict"], plain_loss.detach())
+    with torch.no_grad():
+        targets = layer_norm_targets(teacher(video))
+        grid = enc.patch_embed_grid(video)
+        context_terms = []
+        for i, m in enumerate(MASKS):
+            z = enc(video, m.context)
+            at_target, at_context = predictor(z, m.context, m.target, grid, mask_index=i, with_context=True)
+            torch.testing.assert_close(at_target, predictor(z, m.context, m.target, grid, mask_index=i))
+            assert at_context.shape == (2, m.context.shape[1], 32)
+            seen = torch.stack([targets[j, m.context[j]] for j in range(2)])
+            context_terms.append(l1(at_context, seen))
+    context = sum(context_terms) / len(context_terms)
+    torch.testing.assert_close(metrics["context"], context)
+    torch.testing.assert_close(loss.detach(), plain_loss.detach() + 0.5 * context)
+    assert context > 0.1  # a real term, not a vanishing one
+    # its gradient reaches the student's encoder
+    enc.zero_grad()
+    (loss - plain_loss).backward()
+    assert enc.patch_embed.proj.weight.grad.abs().sum() > 0
+
+
+def test_context_loss_is_configured_per_stage_and_checked(tmp_path):
+    from vjepa.train.build import build_method
+    from vjepa.train.config import check
+
+    cfg = make_cfg(tmp_path, tmp_path / "run", "experiment=vjepa", "experiment.stages.0.context_loss=0.25")
+    method, _, _ = build_method(cfg, cfg.experiment.stages[0])
+    assert method.context_loss == 0.25
+    with pytest.raises(ValueError, match=r"experiment.stages\[0\].context_loss: -1.0 is negative"):
+        check(make_cfg(tmp_path, tmp_path / "run", "experiment=vjepa", "experiment.stages.0.context_loss=-1"))
+    with pytest.raises(ValueError, match=r"experiment.stages\[0\].context_loss: a pixel stage has no context loss"):
+        check(make_cfg(tmp_path, tmp_path / "run", "experiment.stages.0.context_loss=1"))

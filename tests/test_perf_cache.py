@@ -102,12 +102,18 @@ def test_a_cache_for_other_settings_is_refused_naming_the_key(cache_and_teacher)
 
 
 @pytest.mark.slow
-def test_cached_salt_run_trains_like_the_online_teacher_on_the_same_views(embedded_data, tmp_path):
+def test_cached_salt_run_trains_like_the_online_teacher_on_the_same_views(embedded_data, tmp_path, monkeypatch):
     # student: 5 steps (round(8 x 0.57)) over 2 epochs of 3 batches (views 0 and 1); the pixel teacher stage trains
     # on the same fixed views
     common = ["experiment=salt", "experiment.total_steps=8", "data.batch_size=8", "perf.fixed_views=2"]
+    # the cache stores targets in float16: the online run rounds its teacher's targets the same way, so that the
+    # two runs must agree bit for bit (unrounded, 5 AdamW steps of the RoPE student amplify the rounding to ~1e-3)
+    online_targets = LatentPrediction.teacher_targets
+    monkeypatch.setattr(LatentPrediction, "teacher_targets",
+                        lambda self, video, targets=None: online_targets(self, video, targets).half().float())
     online = run_experiment(make_cfg(embedded_data, tmp_path / "online", *common),
                             tmp_path / "online")
+    monkeypatch.undo()
     cached = run_experiment(make_cfg(embedded_data, tmp_path / "cached", *common, "perf.target_cache.enabled=true",
                                      "perf.target_cache.views=2"), tmp_path / "cached")
     assert online["complete"] and cached["complete"]
@@ -120,9 +126,9 @@ def test_cached_salt_run_trains_like_the_online_teacher_on_the_same_views(embedd
 
     a, b = losses("online"), losses("cached")
     assert len(a) == len(b) == 5
-    np.testing.assert_allclose(b, a, rtol=2e-3)
+    assert b == a
     sa, sb = final_state(tmp_path / "online", "student"), final_state(tmp_path / "cached", "student")
     assert sa.keys() == sb.keys() == {"encoder", "predictor"}
     for name in sa:
         for k in sa[name]:
-            torch.testing.assert_close(sb[name][k], sa[name][k], atol=2e-4, rtol=1e-3, msg=f"{name}.{k}")
+            assert torch.equal(sb[name][k], sa[name][k]), f"{name}.{k}"
