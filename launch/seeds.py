@@ -2,9 +2,10 @@
 then one table over the seeds.
 
 Each seed is a fresh `python -m launch.train seed=S run_dir=DIR/seed_S ...` process (a finished seed is not rerun:
-its summary.json is read back; an unfinished one resumes). The table (DIR/seeds.md, also printed) gives, per
-probe family, every row's val top-1 as mean ± standard error over the pipeline seeds, each seed's own value
-being the mean over its probe seeds; then each seed's checks of the evidence-of-learning bar:
+its summary.json is read back, or with `--reprobe` its trained stages are probed again; an unfinished one
+resumes). The table (DIR/seeds.md, also printed) gives, per probe family, every row's val top-1 as mean ± standard
+error over the pipeline seeds, each seed's own value being the mean over its probe seeds; then each seed's checks
+of the evidence-of-learning bar:
 
   - the student beats the random-init encoder on the appearance label by >= 6 points (every family);
   - the student is not worse than random init by more than 2 points on any motion label (every family);
@@ -27,9 +28,13 @@ APPEARANCE, MOTION = ("digit",), ("direction", "speed")
 MARGIN_APPEARANCE, MARGIN_MOTION, TEACHER_RATIO = 6.0, 2.0, 0.7
 
 
-def run_seed(out: Path, seed: int, overrides: list[str]) -> dict:
+def run_seed(out: Path, seed: int, overrides: list[str], reprobe: bool = False) -> dict:
     run_dir = out / f"seed_{seed}"
     summary = run_dir / "summary.json"
+    if reprobe and summary.exists():  # its stages are complete: launch.train only probes them again
+        kept = summary.with_name(f"summary.before-{time.strftime('%Y%m%d-%H%M%S')}.json")
+        summary.rename(kept)
+        print(f"seed {seed}: probing again (the old summary is {kept})", flush=True)
     if not summary.exists():
         cmd = [sys.executable, "-m", "launch.train", f"seed={seed}", f"run_dir={run_dir}",
                f"hydra.run.dir={run_dir}", *overrides]
@@ -130,11 +135,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--student", default="student", help="the stage held to the bar")
     p.add_argument("--teacher", default="teacher", help="its pixel teacher's stage ('' for none)")
+    p.add_argument("--reprobe", action="store_true",
+                   help="probe finished seeds again with the current probe settings (their trained stages are kept; "
+                        "each old summary.json is renamed summary.before-<time>.json)")
     p.add_argument("overrides", nargs="*", help="hydra overrides for every seed, e.g. experiment=vjepa")
     a = p.parse_args(argv)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    summaries = {s: run_seed(out, s, a.overrides) for s in a.seeds}
+    summaries = {s: run_seed(out, s, a.overrides, a.reprobe) for s in a.seeds}
     table = seeds_table(summaries, a.student, a.teacher or None)
     (out / "seeds.md").write_text(table)
     print(table)

@@ -150,6 +150,41 @@ def test_probe_seeds_change_split_shuffle_and_init_and_repeat_exactly():
     assert not torch.equal(w[0], w[1])  # another seed, another initialisation (and shuffle)
 
 
+def test_attentive_epochs_are_candidates_chosen_on_held_out_and_only_the_chosen_snapshot_sees_val():
+    train, val = synthetic(120, seed=4), synthetic(60, seed=5)
+    head = ProbeSettings(depth=1, num_heads=4, epochs=3, batch_size=16, lrs=(1e-3, 1e-2), wds=(0.01,))
+    fit = protocol.AttentiveFit(train, {"signal": 4, "noise": 2}, head, torch.device("cpu"), epochs=[1, 3])
+    assert fit.candidates == [{"lr": 1e-3, "wd": 0.01, "epoch": 1}, {"lr": 1e-2, "wd": 0.01, "epoch": 1},
+                              {"lr": 1e-3, "wd": 0.01, "epoch": 3}, {"lr": 1e-2, "wd": 0.01, "epoch": 3}]
+    # the last snapshot is the trained grid; the epoch-1 one is the same heads two epochs earlier
+    final = {k: v.clone() for k, v in fit.grid.heads.state_dict().items()}
+    assert all(torch.equal(fit.snapshots[1][k], v) for k, v in final.items())
+    assert not torch.equal(fit.snapshots[0]["signal.1.linear.weight"], final["signal.1.linear.weight"])
+    # the same heads trained without snapshots end with the same weights (keeping them changes nothing)
+    plain = protocol.AttentiveFit(train, {"signal": 4, "noise": 2}, head, torch.device("cpu"))
+    assert all(torch.equal(plain.grid.heads.state_dict()[k], v) for k, v in final.items())
+    assert plain.candidates == [{"lr": 1e-3, "wd": 0.01}, {"lr": 1e-2, "wd": 0.01}]
+
+    every = fit.predict(val)  # [4 candidates, N]: the epoch-3 half is the trained grid's own prediction
+    assert every["signal"].shape == (4, len(val))
+    assert torch.equal(every["signal"][2:], plain.predict(val)["signal"])
+    # a chosen epoch-1 candidate predicts with the epoch-1 weights, a chosen epoch-3 one with the last
+    one = fit.predict(val, {"signal": 1, "noise": 2})
+    assert torch.equal(one["signal"], every["signal"][1]) and torch.equal(one["noise"], every["noise"][2])
+    with pytest.raises(ValueError, match="end at 3"):
+        protocol.AttentiveFit(train, {"signal": 4}, head, torch.device("cpu"), epochs=[1, 2])
+
+    settings = ProtocolSettings(seeds=2, families=("attentive",), attentive=head, attentive_select_epochs=(1,))
+    r = run_protocol(train, val, settings, num_heads=4)["attentive"]["signal"]
+    assert [c["epoch"] for c in r["chosen"]] and {c["epoch"] for c in r["chosen"]} <= {1, 3}
+    assert settings.describe()["attentive"]["select_epochs"] == [1, 3]
+    assert dataclasses.replace(settings, attentive_select_epochs=None).candidate_epochs() == [1, 2, 3]  # thirds
+    assert dataclasses.replace(settings, attentive_select_epochs=()).candidate_epochs() == [3]
+    assert ProtocolSettings().candidate_epochs() == [15, 30, 45]
+    with pytest.raises(ValueError, match="select_epochs"):
+        dataclasses.replace(settings, attentive_select_epochs=(4,)).check()
+
+
 # ---- the raw-pixels baseline ------------------------------------------------------------------------------------
 
 def test_pixel_encoder_tokens_are_the_patchified_clip_and_positions():
@@ -252,6 +287,7 @@ def test_probe_config_keys(embedded_data, tmp_path):
     s = probe_settings(make_cfg(embedded_data, tmp_path))
     assert s.families == ("linear", "knn", "attentive") and s.seeds == 3 and s.heldout_fraction == 0.2
     assert s.linear_cs == (0.01, 0.1, 1.0) and s.knn_ks == (5, 20) and s.attentive.depth == 1
+    assert s.attentive.epochs == 45 and s.candidate_epochs() == [15, 30, 45] and s.attentive.lrs == (1e-3, 3e-3, 1e-2)
     assert probe_settings(make_cfg(embedded_data, tmp_path, "experiment.probe.kind=linear")).families == ("linear",)
     assert probe_settings(make_cfg(embedded_data, tmp_path, "experiment.probe.families=[knn]",
                                    "experiment.probe.seeds=5")).seeds == 5
@@ -261,6 +297,11 @@ def test_probe_config_keys(embedded_data, tmp_path):
         probe_settings(make_cfg(embedded_data, tmp_path, "experiment.probe.families=[linear,svm]"))
     with pytest.raises(ValueError, match="experiment.probe.heldout_fraction"):
         probe_settings(make_cfg(embedded_data, tmp_path, "experiment.probe.heldout_fraction=1.0"))
+    picked = probe_settings(make_cfg(embedded_data, tmp_path, "experiment.probe.epochs=9",
+                                     "experiment.probe.select_epochs=[3,6]"))
+    assert picked.candidate_epochs() == [3, 6, 9]
+    with pytest.raises(ValueError, match="experiment.probe.select_epochs"):
+        probe_settings(make_cfg(embedded_data, tmp_path, "experiment.probe.select_epochs=[50]"))
 
 
 def test_stacked_heads_give_the_numbers_of_each_head():

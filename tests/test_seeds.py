@@ -1,8 +1,11 @@
 """launch.seeds: the evidence-of-learning checks and the table over pipeline seeds."""
 import json
 import math
+from pathlib import Path
 
 from launch.seeds import main, seed_checks, seeds_table
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def cell(mean):
@@ -57,3 +60,27 @@ def test_table_is_mean_and_standard_error_over_the_seeds(tmp_path):
         (tmp_path / f"seed_{s}" / "summary.json").write_text(json.dumps(summ))
     main(["--out", str(tmp_path), "--seeds", "0", "1", "2"])
     assert (tmp_path / "seeds.md").read_text() == table
+
+
+def test_reprobe_probes_the_trained_stages_again_without_training(embedded_data, tmp_path, monkeypatch):
+    """Two real `launch.train` processes: the first trains and probes (linear), `--reprobe` with another probe
+    setting (k-NN) keeps every trained weight and the old summary, and writes a summary with the new probe."""
+    from test_train import SMALL
+
+    monkeypatch.chdir(REPO)
+    tiny = [*SMALL[:-2], f"data.root={embedded_data}", "experiment.total_steps=4", "log_every=1",
+            "experiment.probe.seeds=1"]
+    main(["--out", str(tmp_path), "--seeds", "3", "--", *tiny, "experiment.probe.families=[linear]"])
+    run = tmp_path / "seed_3"
+    first = json.loads((run / "summary.json").read_text())
+    finals = {stage: (run / stage / "final.pt").read_bytes() for stage in ("teacher", "student")}
+    assert set(first["probe"]["student"]) == {"linear"}
+
+    main(["--out", str(tmp_path), "--seeds", "3", "--reprobe", "--", *tiny, "experiment.probe.families=[knn]"])
+    again = json.loads((run / "summary.json").read_text())
+    assert set(again["probe"]["student"]) == {"knn"} and set(again["probe"]) == set(first["probe"])
+    assert {stage: (run / stage / "final.pt").read_bytes() for stage in finals} == finals  # nothing retrained
+    assert again["stages"]["student"]["steps"] == first["stages"]["student"]["steps"]
+    kept = list(run.glob("summary.before-*.json"))
+    assert len(kept) == 1 and json.loads(kept[0].read_text()) == first
+    assert "| knn: digit - random >= 6 |" in (tmp_path / "seeds.md").read_text()

@@ -314,9 +314,11 @@ def head_threads(settings: ProbeSettings, device: torch.device):
 
 
 def train_heads(epoch_batches, steps_per_epoch: int, embed_dim: int, num_classes: dict[str, int],
-                settings: ProbeSettings, device: torch.device, timing: dict | None = None) -> tuple[HeadGrid, list]:
+                settings: ProbeSettings, device: torch.device, timing: dict | None = None,
+                on_epoch_end=None) -> tuple[HeadGrid, list]:
     """Train a head grid (seeded by `settings.seed`) for `settings.epochs` epochs of `epoch_batches(epoch)` (an
-    iterable of (features [B, V, L, D], {label: [B]})). Returns (the grid, the mean head loss of every epoch)."""
+    iterable of (features [B, V, L, D], {label: [B]})); `on_epoch_end(epochs done, grid)` is called after each.
+    Returns (the grid, the mean head loss of every epoch)."""
     timing = timing if timing is not None else {}
     timing.setdefault("heads_s", 0.0)
     torch.manual_seed(settings.seed)
@@ -332,6 +334,8 @@ def train_heads(epoch_batches, steps_per_epoch: int, embed_dim: int, num_classes
             timing["heads_s"] += time.perf_counter() - t
         losses.append(float(np.nanmean(epoch_losses)) if epoch_losses else float("nan"))
         log.info("probe epoch %d/%d: mean head loss %.4f", epoch + 1, settings.epochs, losses[-1])
+        if on_epoch_end is not None:
+            on_epoch_end(epoch + 1, grid)
     return grid, losses
 
 

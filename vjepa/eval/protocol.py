@@ -2,9 +2,9 @@
 
 - **Held-out selection.** For every probe seed the labelled train set is split (seeded) into a fit part and a
   held-out part (`heldout_fraction`, default 20%). Every candidate head (a logistic-regression C, a k of the
-  k-NN, an (lr, wd) attentive head) is trained on the fit part; per label the candidate with the best held-out
-  top-1 is chosen (`select_heads`), and only that head is evaluated on the validation split. The validation
-  split never reaches training or selection.
+  k-NN, an (lr, wd) attentive head, and with `attentive_select_epochs` the same head after fewer epochs) is trained
+  on the fit part; per label the candidate with the best held-out top-1 is chosen (`select_heads`), and only that
+  head is evaluated on the validation split. The validation split never reaches training or selection.
 - **Families**, on token features [N, L, D] extracted once per encoder (`extract_features`): `linear`
   (standardised logistic regression on mean-pooled tokens, `vjepa.eval.linear.fit_linear`), `knn` (cosine
   k-NN on mean-pooled tokens, `vjepa.eval.knn.knn_predict`) and `attentive` (the head grid of
@@ -53,8 +53,12 @@ class ProtocolSettings:
     linear_max_iter: int = 1000
     knn_ks: tuple = (5, 20)
     knn_temperature: float = 0.07
-    attentive: ProbeSettings = field(default_factory=lambda: ProbeSettings(depth=1, epochs=15, lrs=(1e-3, 3e-3),
+    attentive: ProbeSettings = field(default_factory=lambda: ProbeSettings(depth=1, epochs=45, lrs=(1e-3, 3e-3, 1e-2),
                                                                            wds=(0.01,)))
+    # attentive: the heads are also candidates at these epochs (besides the last), so the held-out part chooses the
+    # training length like it chooses the learning rate (early stopping on held-out, never on val); None: after a
+    # third and two thirds of the epochs; (): the last epoch only
+    attentive_select_epochs: tuple | None = None
     feature_dtype: str = "float16"     # the cached tokens
 
     def check(self) -> None:
@@ -72,8 +76,19 @@ class ProtocolSettings:
             self.attentive.check()
         except ValueError as e:
             raise ValueError(f"depth/epochs/batch_size/lrs/wds: {e}") from None
+        bad = [e for e in self.attentive_select_epochs or () if not 1 <= int(e) <= self.attentive.epochs]
+        if bad:
+            raise ValueError(f"select_epochs: {bad} not within 1..epochs ({self.attentive.epochs})")
         if self.attentive.augment:
             raise ValueError("augment: the protocol probes cached features, attentive augment must be false")
+
+    def candidate_epochs(self) -> list[int]:
+        """The epochs at which the attentive heads are candidates: the chosen ones and the last."""
+        last = self.attentive.epochs
+        chosen = self.attentive_select_epochs
+        if chosen is None:
+            chosen = [max(1, round(last * k / 3)) for k in (1, 2)]
+        return sorted({int(e) for e in chosen} | {last})
 
     def describe(self) -> dict:
         """What a table's reader needs to know (json-ready)."""
@@ -85,6 +100,7 @@ class ProtocolSettings:
                 "linear": {"cs": list(self.linear_cs), "max_iter": self.linear_max_iter, "features": "mean-pooled"},
                 "knn": {"ks": list(self.knn_ks), "temperature": self.knn_temperature, "features": "mean-pooled"},
                 "attentive": {"depth": a.depth, "num_heads": a.num_heads, "epochs": a.epochs,
+                              "select_epochs": self.candidate_epochs(),
                               "batch_size": a.batch_size, "lrs": list(a.lrs), "wds": list(a.wds)},
                 "feature_dtype": self.feature_dtype}
 
@@ -285,17 +301,29 @@ class KnnFit:
 
 class AttentiveFit:
     """The head grid of vjepa.eval.probe (one attentive head per (label, lr, wd), trained together) on the fit
-    part's cached tokens; `settings.seed` sets the heads' initialisation and the shuffle order."""
+    part's cached tokens; `settings.seed` sets the heads' initialisation and the shuffle order. With `epochs`
+    (sorted, the last = settings.epochs) the grid's weights after each of those epochs are kept, and every
+    (lr, wd, epoch) is a candidate: the held-out part chooses how long the heads train."""
 
     def __init__(self, fit: Features, num_classes: dict[str, int], settings: ProbeSettings, device: torch.device,
-                 timing: dict | None = None):
+                 timing: dict | None = None, epochs: list[int] | None = None):
         self.settings, self.device = settings, device
-        self.candidates = [{"lr": lr, "wd": wd} for lr, wd in settings.grid]
+        self.epochs = list(epochs or [settings.epochs])
+        if self.epochs[-1] != settings.epochs or self.epochs != sorted(set(self.epochs)):
+            raise ValueError(f"candidate epochs {self.epochs} must be increasing and end at {settings.epochs}")
+        self.candidates = [{"lr": lr, "wd": wd, **({"epoch": e} if len(self.epochs) > 1 else {})}
+                           for e in self.epochs for lr, wd in settings.grid]
+        self.snapshots: list[dict] = []  # the heads' weights at each candidate epoch (a few MB each)
+
+        def keep(done: int, grid) -> None:
+            if done in self.epochs:
+                self.snapshots.append({k: v.detach().clone() for k, v in grid.heads.state_dict().items()})
+
         store = FeatureStore.of(fit.tokens.unsqueeze(1), fit.labels)  # [N, 1 view, L, D], not copied
         gen = torch.Generator().manual_seed(settings.seed)
         steps = math.ceil(len(fit) / settings.batch_size)
         self.grid, self.losses = train_heads(lambda epoch: cached_batches(store, settings.batch_size, gen), steps,
-                                             fit.tokens.shape[-1], num_classes, settings, device, timing)
+                                             fit.tokens.shape[-1], num_classes, settings, device, timing, keep)
         self.grid.eval()
 
     def _batches(self, feats: Features):
@@ -305,17 +333,28 @@ class AttentiveFit:
 
     @torch.no_grad()
     def predict(self, feats: Features, heads: dict | None = None) -> dict:
+        """Predictions of every candidate ({label: [candidates, N]}), or of the candidate `heads[label]` of each
+        label ({label: [N]})."""
+        per_grid = len(self.settings.grid)
         out = {}
         with head_threads(self.settings, self.device):
-            for x in self._batches(feats):
-                if heads is None:
-                    for n, p in self.grid.predict(x).items():  # [num_heads, B, C]
-                        out.setdefault(n, []).append(p.argmax(dim=-1).cpu())
+            for k, snapshot in enumerate(self.snapshots):
+                wanted = {n: i % per_grid for n, i in (heads or {}).items() if i // per_grid == k}
+                if heads is not None and not wanted:
                     continue
-                x_hat = normalize_tokens(x.flatten(0, 1), self.grid.eps).unflatten(0, x.shape[:2])
-                for n, i in heads.items():
-                    out.setdefault(n, []).append(predict_views(self.grid.heads[n][i], x, x_hat).argmax(dim=-1).cpu())
-        return {n: torch.cat(p, dim=-1) for n, p in out.items()}
+                self.grid.heads.load_state_dict(snapshot)
+                for x in self._batches(feats):
+                    if heads is None:
+                        for n, p in self.grid.predict(x).items():  # [heads of the grid, B, C]
+                            out.setdefault(n, {}).setdefault(k, []).append(p.argmax(dim=-1).cpu())
+                        continue
+                    x_hat = normalize_tokens(x.flatten(0, 1), self.grid.eps).unflatten(0, x.shape[:2])
+                    for n, i in wanted.items():
+                        pred = predict_views(self.grid.heads[n][i], x, x_hat).argmax(dim=-1).cpu()
+                        out.setdefault(n, {}).setdefault(k, []).append(pred)
+        if heads is not None:
+            return {n: torch.cat(next(iter(parts.values()))) for n, parts in out.items()}
+        return {n: torch.cat([torch.cat(parts[k], dim=-1) for k in sorted(parts)]) for n, parts in out.items()}
 
 
 # ---- the protocol -----------------------------------------------------------------------------------------------
@@ -339,7 +378,7 @@ def fit_family(family: str, fit: Features, seed: int, settings: ProtocolSettings
         return KnnFit(fit, settings)
     if family == "attentive":
         probe = replace(settings.attentive, seed=seed, num_heads=settings.attentive.num_heads or num_heads)
-        return AttentiveFit(fit, num_classes, probe, device, timing)
+        return AttentiveFit(fit, num_classes, probe, device, timing, settings.candidate_epochs())
     raise ValueError(f"probe family {family!r} is not one of {list(FAMILIES)}")
 
 

@@ -120,11 +120,15 @@ class ProbeConfig:
     """The final probe of every stage's encoder (vjepa/eval) and the periodic quick probe during training."""
     enabled: bool = True
     kind: str = "attentive"  # deprecated (see families): kind=linear still means families=[linear]
-    epochs: int = 15
+    # attentive: 45 epochs, the heads after a third and two thirds of them also candidates (held-out chooses the
+    # length like the lr): at 15 epochs the probe was far from converged on trained tokens (docs/benchmarks.md,
+    # "The attentive probe's length")
+    epochs: int = 45
+    select_epochs: Optional[List[int]] = None  # attentive: also candidates after these epochs (None: the thirds)
     depth: int = 1  # attentive: (depth - 1) self-attention blocks + the cross-attention block
     num_heads: Optional[int] = None  # attentive: the probe's attention heads (None: the encoder's)
     batch_size: int = 32
-    lrs: List[float] = field(default_factory=lambda: [1e-3, 3e-3])
+    lrs: List[float] = field(default_factory=lambda: [1e-3, 3e-3, 1e-2])
     wds: List[float] = field(default_factory=lambda: [0.01])
     every: int = 0  # quick k-NN + linear probe every this many steps, into quick_probe.csv / TensorBoard (0: off)
     knn_k: int = 20

@@ -87,7 +87,8 @@ def probe_settings(cfg):
                               lrs=tuple(p.lrs), wds=tuple(p.wds), seed=cfg.seed)
     settings = ProtocolSettings(families=tuple(families), seeds=p.seeds, seed=cfg.seed,
                                 heldout_fraction=p.heldout_fraction, linear_cs=tuple(p.linear_cs),
-                                knn_ks=tuple(p.knn_ks), attentive=attentive)
+                                knn_ks=tuple(p.knn_ks), attentive=attentive,
+                                attentive_select_epochs=None if p.select_epochs is None else tuple(p.select_epochs))
     try:
         settings.check()
     except ValueError as e:
