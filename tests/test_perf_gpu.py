@@ -131,3 +131,19 @@ def test_nvdec_loader_hands_the_trainer_gpu_batches_equal_to_decord(tmp_path, mo
     assert torch.equal(gpu["index"], cpu["index"])
     # same clips and crops; the decoders' YUV->RGB conversions differ by a few levels (normalised: ~0.02/level)
     assert (gpu["video"].cpu() - cpu["video"]).abs().mean() < 0.1
+
+
+def test_the_default_data_config_decodes_on_nvdec_when_training_on_cuda(embedded_data, tmp_path):
+    """data.backend=auto on CUDA: the trainer's loader is DALI 'mixed' and hands over GPU batches."""
+    pytest.importorskip("nvidia.dali")
+    from types import SimpleNamespace
+
+    from test_train import make_cfg
+    from vjepa.train.data import build_train_loader, clip_kwargs
+
+    cfg = make_cfg(embedded_data, tmp_path, "experiment=salt", "device=cuda")
+    assert clip_kwargs(cfg, CUDA)["backend"] == "dali"
+    one_rank = SimpleNamespace(rank=0, world_size=1)
+    loader = build_train_loader(cfg, cfg.experiment.stages[0], one_rank, 0, CUDA)
+    batch = next(iter(loader))
+    assert batch["video"].is_cuda and batch["video"].dtype == torch.float32

@@ -267,6 +267,27 @@ def test_bad_values_fail_naming_the_key(tmp_path, override, key):
         schema.check(make_cfg(tmp_path, tmp_path, "experiment=salt", override))
 
 
+def test_default_backend_is_nvdec_when_training_on_cuda_and_pyav_on_cpu(tmp_path, monkeypatch, caplog):
+    """data.backend=auto (the default): DALI's NVDEC decoder ('mixed', on the training GPU) on CUDA, PyAV on CPU;
+    an explicit backend is kept; on CUDA without DALI, PyAV with one warning."""
+    from vjepa.train import data as train_data
+
+    cfg = make_cfg(tmp_path, tmp_path, "experiment=salt")
+    assert cfg.data.backend == "auto"
+    assert train_data.clip_kwargs(cfg, "cpu")["backend"] == "pyav"
+    on_gpu = train_data.clip_kwargs(cfg, "cuda:1")  # resolving needs no GPU: it only reads the device's type
+    if train_data.dali_installed():
+        assert on_gpu["backend"] == "dali" and on_gpu["decoder_options"] == {"device": "mixed", "device_id": 1}
+    assert train_data.resolve_backend("decord", "cpu", "cuda") == ("decord", "cpu")
+    assert train_data.resolve_backend("dali", "cpu", "cuda") == ("dali", "cpu")
+    monkeypatch.setattr(train_data, "dali_installed", lambda: False)
+    monkeypatch.setattr(train_data, "_warned_no_dali", False)
+    with caplog.at_level("WARNING", logger="vjepa.train.data"):
+        assert train_data.resolve_backend("auto", "cpu", "cuda") == ("pyav", "cpu")
+        assert train_data.resolve_backend("auto", "cpu", "cuda:0") == ("pyav", "cpu")
+    assert sum("DALI is not installed" in r.message for r in caplog.records) == 1
+
+
 def test_trains_on_vp9_through_dali_decoding_whole_batches(tmp_path, monkeypatch):
     """backend=dali: the loader decodes each batch in one DALI pipeline run (NVDEC on a GPU with
     data.dali_device=mixed; here DALI's CPU decoder on VP9 files) and the trainer runs on it."""

@@ -64,7 +64,9 @@ class DataConfig:
     crop_size: int = 64
     batch_size: int = 16
     num_workers: int = 2
-    backend: str = "pyav"  # pyav (fastest on CPU) | decord | dali; a file one cannot read falls back to another
+    # auto: DALI on NVDEC when training on CUDA, PyAV on CPU | pyav (fastest on CPU) | decord | dali; a file one cannot
+    # read falls back to another
+    backend: str = "auto"
     dali_device: str = "cpu"  # backend=dali: cpu (VP8/VP9/MJPEG) or mixed (NVDEC; frames stay on the training GPU)
     max_consecutive_failures: int = 20
     # seconds without a batch, every worker alive, before the run stops naming the batch and its files (a worker
@@ -300,8 +302,8 @@ def check(cfg) -> None:
     from vjepa.methods.latent import LatentPrediction
     from vjepa.methods.registry import method_spec
 
-    if cfg.data.backend not in BACKENDS:
-        fail("data.backend", f"{cfg.data.backend!r} is not one of {list(BACKENDS)}")
+    if cfg.data.backend not in ("auto", *BACKENDS):
+        fail("data.backend", f"{cfg.data.backend!r} is not one of {['auto', *BACKENDS]}")
     if cfg.data.dali_device not in ("cpu", "mixed"):
         fail("data.dali_device", f"{cfg.data.dali_device!r} is not cpu or mixed")
     if cfg.data.dali_device == "mixed" and cfg.data.backend != "dali":

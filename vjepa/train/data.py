@@ -1,6 +1,8 @@
 """The trainer's view of the data package: an endless, resumable batch stream and the probe loaders."""
 from __future__ import annotations
 
+import importlib.util
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -9,6 +11,8 @@ import torch
 from data.loader import build_loader
 from data.mixture import build_mixture, loader_source, media_kind, source_items
 from data.synthetic import ensure_synthetic
+
+log = logging.getLogger(__name__)
 
 
 def manifests(cfg) -> tuple[list[str], str | None]:
@@ -19,15 +23,42 @@ def manifests(cfg) -> tuple[list[str], str | None]:
     return [str(Path(root) / "train.jsonl")], cfg.data.val or str(Path(root) / "val.jsonl")
 
 
+def dali_installed() -> bool:
+    return importlib.util.find_spec("nvidia") is not None and importlib.util.find_spec("nvidia.dali") is not None
+
+
+_warned_no_dali = False
+
+
+def resolve_backend(backend: str, dali_device: str, device) -> tuple[str, str]:
+    """(backend, dali_device) for data.backend / data.dali_device on `device`. `auto` (the default): DALI on
+    NVDEC ('mixed': frames decoded, cropped and normalised on the training GPU, never in host memory) when
+    training on CUDA, PyAV on CPU. A file NVDEC does not take (VP8, MJPEG, ...) falls back per file to a CPU
+    decoder, counted in the loader's skip counts and summary.json (docs/data.md, "Fallback, per file")."""
+    global _warned_no_dali
+    if backend != "auto":
+        return backend, dali_device
+    if torch.device(device).type != "cuda":
+        return "pyav", "cpu"
+    if dali_installed():
+        return "dali", "mixed"
+    if not _warned_no_dali:
+        _warned_no_dali = True
+        log.warning("data.backend=auto on CUDA: NVIDIA DALI is not installed, so clips decode on the CPU with PyAV "
+                    "(install nvidia-dali-cuda120 for NVDEC decoding on the GPU; docs/data.md)")
+    return "pyav", "cpu"
+
+
 def clip_kwargs(cfg, device="cpu") -> dict:
     """build_loader's clip, decoder and device settings from the data config; batches arrive on `device`, and
     DALI's NVDEC ('mixed') decodes on that GPU."""
     d = cfg.data
+    backend, dali_device = resolve_backend(d.backend, d.dali_device, device)
     options = {}
-    if d.backend == "dali":
-        options = {"device": d.dali_device, "device_id": torch.device(device).index or 0}
+    if backend == "dali":
+        options = {"device": dali_device, "device_id": torch.device(device).index or 0}
     return dict(frames_per_clip=d.frames_per_clip, frame_step=d.frame_step, fps=d.fps, duration=d.duration,
-                size=d.crop_size, backend=d.backend, decoder_options=options,
+                size=d.crop_size, backend=backend, decoder_options=options,
                 max_consecutive_failures=d.max_consecutive_failures, worker_timeout=d.worker_timeout, device=device)
 
 
