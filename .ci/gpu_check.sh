@@ -13,7 +13,8 @@
 # antlr4-python3-runtime and nvidia-dali are not installed there. .ci/pack_dali.sh puts their wheels in
 # .whl/ (this script installs them into /tmp/site) and DALI in two pieces, and says how to carry them over
 # three calls of one warm machine; without DALI the NVDEC tests skip and the dali-gpu rows say why.
-# Section 3 also writes a profiler trace of two steps per case ($OUT/trace/CASE.json.gz, CASE.txt).
+# Section 3 also writes a profiler trace of two steps per case ($OUT/trace/CASE.json.gz, CASE.txt) and prints
+# their comparison, online teacher vs cached targets ($OUT/trace/summary.md, launch/trace_summary.py).
 #
 # usage: OUT=/tmp/out [PARTS="tests data model"] [TESTS_K=nvdec] bash .ci/gpu_check.sh
 set -uo pipefail
@@ -53,7 +54,13 @@ if want model; then
 echo; echo "== 3. ViT-L/16 16x224x224 SALT student step, bf16"
 timeout 240 $PY -m launch.bench --cases salt-large salt-large-cached --size 224 --frames 16 --batch 16 \
   --pred-width 384 --pred-depth 12 --steps 8 --warmup 3 --write --section "GPU check (H200)" \
-  --docs "$OUT/benchmarks_gpu.md" --trace "$OUT/trace" 2>&1 | tail -12
+  --docs "$OUT/benchmarks_gpu.md" --trace "$OUT/trace" 2>&1 | tail -13
+echo; echo "== 3a. profiler traces side by side: device busy/idle, syncs, allocator, matmul dtypes (per step)"
+if [ ! -s "$OUT/trace/summary.md" ]; then  # launch.bench writes it after its table, unless its timeout came first
+  timeout 90 $PY -m launch.trace_summary "$OUT/trace/salt-large.json" "$OUT/trace/salt-large-cached.json" \
+    --out "$OUT/trace/summary.md" >/dev/null
+fi
+cat "$OUT/trace/summary.md" 2>/dev/null || echo "no trace summary"
 gzip -f "$OUT"/trace/*.json 2>/dev/null
 if [ $(( $(date +%s) - START )) -lt "${COMPILE_IF_UNDER_S:-330}" ]; then  # device time is short: 0 skips it
   echo; echo "== 3b. the same with torch.compile (inductor, mask lengths bucketed to 32)"
