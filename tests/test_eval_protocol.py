@@ -73,7 +73,8 @@ def test_heldout_split_is_seeded_disjoint_and_covers_train():
 
 def test_selection_never_receives_val_and_ignores_val_labels(monkeypatch):
     train, val = synthetic(160, seed=0), synthetic(120, seed=1)
-    settings = ProtocolSettings(seeds=2, attentive=FAST)
+    # seeds one by one, so the calls come in order (threaded seeds give the same numbers: the next-but-one test)
+    settings = ProtocolSettings(seeds=2, attentive=FAST, seed_workers=1)
     seen = []
     real_select, real_fit = protocol.select_heads, protocol.fit_family
 
@@ -183,6 +184,19 @@ def test_attentive_epochs_are_candidates_chosen_on_held_out_and_only_the_chosen_
     assert ProtocolSettings().candidate_epochs() == [15, 30, 45]
     with pytest.raises(ValueError, match="select_epochs"):
         dataclasses.replace(settings, attentive_select_epochs=(4,)).check()
+
+
+def test_attentive_seeds_in_threads_give_the_numbers_of_seeds_one_by_one():
+    train, val = synthetic(120, seed=4), synthetic(60, seed=5)
+    settings = ProtocolSettings(seeds=3, families=("attentive",), attentive=ProbeSettings(
+        depth=1, num_heads=4, epochs=3, batch_size=16, lrs=(1e-3, 1e-2), wds=(0.01,)), seed_workers=1)
+    threads = torch.get_num_threads()
+    one_by_one = run_protocol(train, val, settings, num_heads=4)
+    at_once = run_protocol(train, val, dataclasses.replace(settings, seed_workers=3), num_heads=4)
+    assert at_once == one_by_one  # the same chosen heads, held-out and val numbers, to the last digit
+    assert torch.get_num_threads() == threads  # the heads' thread setting is undone once every seed is done
+    with pytest.raises(ValueError, match="seed_workers"):
+        dataclasses.replace(settings, seed_workers=0).check()
 
 
 # ---- the raw-pixels baseline ------------------------------------------------------------------------------------

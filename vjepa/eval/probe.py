@@ -21,6 +21,7 @@ import json
 import logging
 import math
 import tempfile
+import threading
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
@@ -297,20 +298,36 @@ def streamed_batches(encoder, loader, settings: ProbeSettings, device: torch.dev
     timing["encoder_passes"] += 1
 
 
+_head_threads_lock = threading.Lock()
+_head_threads_users = 0
+_head_threads_before = 1
+# the heads' initialisation draws from torch's global generator: one grid at a time (see train_heads)
+_head_init_lock = threading.Lock()
+
+
 @contextmanager
 def head_threads(settings: ProbeSettings, device: torch.device):
     """Torch threads while the heads compute on CPU. They run many small ops (and AdamW over small tensors); on a
     shared CPU extra threads mostly wait on each other (measured 0.25 s vs 12 s per step, 1 vs 2 threads, on a
-    busy 2-core machine). The encoder keeps the process's setting."""
+    busy 2-core machine). The encoder keeps the process's setting. Nestable and shared by Python threads that
+    train grids at once (the protocol's parallel seeds): the first to enter sets the count, the last to leave
+    restores it."""
+    global _head_threads_users, _head_threads_before
     if device.type != "cpu" or not settings.cpu_threads:
         yield
         return
-    before = torch.get_num_threads()
-    torch.set_num_threads(settings.cpu_threads)
+    with _head_threads_lock:
+        if _head_threads_users == 0:
+            _head_threads_before = torch.get_num_threads()
+            torch.set_num_threads(settings.cpu_threads)
+        _head_threads_users += 1
     try:
         yield
     finally:
-        torch.set_num_threads(before)
+        with _head_threads_lock:
+            _head_threads_users -= 1
+            if _head_threads_users == 0:
+                torch.set_num_threads(_head_threads_before)
 
 
 def train_heads(epoch_batches, steps_per_epoch: int, embed_dim: int, num_classes: dict[str, int],
@@ -321,8 +338,9 @@ def train_heads(epoch_batches, steps_per_epoch: int, embed_dim: int, num_classes
     Returns (the grid, the mean head loss of every epoch)."""
     timing = timing if timing is not None else {}
     timing.setdefault("heads_s", 0.0)
-    torch.manual_seed(settings.seed)
-    grid = HeadGrid(embed_dim, num_classes, settings, steps_per_epoch * settings.epochs).to(device)
+    with _head_init_lock:  # seeded from the global generator, which another thread's grid may be drawing from
+        torch.manual_seed(settings.seed)
+        grid = HeadGrid(embed_dim, num_classes, settings, steps_per_epoch * settings.epochs).to(device)
     losses = []
     for epoch in range(settings.epochs):
         epoch_losses = []
