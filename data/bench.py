@@ -19,7 +19,6 @@ GPU. Writes the ``## Data loader`` section of ``docs/benchmarks.md`` and prints 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import multiprocessing as mp
 import os
 import platform
@@ -34,7 +33,7 @@ import torch
 
 from data.benchvideos import make_bench_videos
 from data.clips import clip_indices
-from data.decoders import DALI_CPU_CODECS, open_video, rgb_converter
+from data.decoders import DALI_CPU_CODECS, installed, open_video, rgb_converter
 from data.loader import build_loader
 from data.manifest import read_manifest
 
@@ -209,7 +208,7 @@ def measure_dali_gpu(items, keys, batches: int, repeats: int, threads: list[int]
     and clips per run, then the GPU loader (default threads) against its ceiling."""
     if not torch.cuda.is_available():
         return [("dali-gpu", "n/a", "DALI NVDEC (device='mixed') needs a GPU; none here")]
-    if importlib.util.find_spec("nvidia") is None or importlib.util.find_spec("nvidia.dali") is None:
+    if not installed("dali"):
         return [("dali-gpu", "n/a", "nvidia-dali is not installed here (.ci/pack_dali.sh carries it to a GPU machine)")]
     from data.decoders import DALI_MIXED_THREADS, usable_cpus
 

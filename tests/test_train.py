@@ -276,11 +276,11 @@ def test_default_backend_is_nvdec_when_training_on_cuda_and_pyav_on_cpu(tmp_path
     assert cfg.data.backend == "auto"
     assert train_data.clip_kwargs(cfg, "cpu")["backend"] == "pyav"
     on_gpu = train_data.clip_kwargs(cfg, "cuda:1")  # resolving needs no GPU: it only reads the device's type
-    if train_data.dali_installed():
+    if train_data.installed("dali"):
         assert on_gpu["backend"] == "dali" and on_gpu["decoder_options"] == {"device": "mixed", "device_id": 1}
     assert train_data.resolve_backend("decord", "cpu", "cuda") == ("decord", "cpu")
     assert train_data.resolve_backend("dali", "cpu", "cuda") == ("dali", "cpu")
-    monkeypatch.setattr(train_data, "dali_installed", lambda: False)
+    monkeypatch.setattr(train_data, "installed", lambda backend: backend != "dali")
     monkeypatch.setattr(train_data, "_warned_no_dali", False)
     with caplog.at_level("WARNING", logger="vjepa.train.data"):
         assert train_data.resolve_backend("auto", "cpu", "cuda") == ("pyav", "cpu")

@@ -1,13 +1,13 @@
 """The trainer's view of the data package: an endless, resumable batch stream and the probe loaders."""
 from __future__ import annotations
 
-import importlib.util
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from data.decoders import installed
 from data.loader import build_loader
 from data.mixture import build_mixture, loader_source, media_kind, source_items
 from data.synthetic import ensure_synthetic
@@ -23,10 +23,6 @@ def manifests(cfg) -> tuple[list[str], str | None]:
     return [str(Path(root) / "train.jsonl")], cfg.data.val or str(Path(root) / "val.jsonl")
 
 
-def dali_installed() -> bool:
-    return importlib.util.find_spec("nvidia") is not None and importlib.util.find_spec("nvidia.dali") is not None
-
-
 _warned_no_dali = False
 
 
@@ -40,7 +36,7 @@ def resolve_backend(backend: str, dali_device: str, device) -> tuple[str, str]:
         return backend, dali_device
     if torch.device(device).type != "cuda":
         return "pyav", "cpu"
-    if dali_installed():
+    if installed("dali"):
         return "dali", "mixed"
     if not _warned_no_dali:
         _warned_no_dali = True
